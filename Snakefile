@@ -1,0 +1,27 @@
+# csmil: cross-scale multiple-instance learning for whole-slide images.
+# Run: snakemake --profile profiles/local   (or profiles/slurm on a cluster)
+from snakemake.utils import min_version
+
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/toy.smk"
+include: "rules/tile.smk"
+include: "rules/encoder.smk"
+include: "rules/embed.smk"
+include: "rules/cluster.smk"
+include: "rules/splits.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

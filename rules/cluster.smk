@@ -1,0 +1,16 @@
+rule cluster_patient:
+    """Phenotype clusters of one patient: k-means on the 20x features of its slides."""
+    input:
+        patient_features,
+    output:
+        f"{RESULTS}/{{dataset}}/phenotypes/{{patient}}.tsv",
+    params:
+        n_clusters=config["clustering"]["n_clusters"],
+        seed=lambda w: stage_seed("cluster", w.dataset, w.patient),
+    log:
+        "logs/cluster_patient/{dataset}/{patient}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/cluster_patient.py"

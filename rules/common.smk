@@ -1,0 +1,170 @@
+# Helpers shared by the rules: configuration, sample sheets and the path of every output.
+import csmil
+from csmil.config import dataset_sample_sheet, derive_seed, validate_config
+
+
+validate_config(config)
+
+RESULTS = "results"
+SCALES = list(csmil.SCALES)
+DATASETS = list(config["datasets"])
+SAMPLES = {
+    ds: dataset_sample_sheet(ds, spec, config["seed"], RESULTS).set_index(
+        "slide_id", drop=False
+    )
+    for ds, spec in config["datasets"].items()
+}
+TOY_DATASETS = [ds for ds, spec in config["datasets"].items() if "toy" in spec]
+METHODS = list(config["mil"]["methods"])
+N_FOLDS = int(config["splits"]["n_folds"])
+
+
+def _alternatives(names):
+    return "|".join(names) if names else "(?!)"
+
+
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    toy_dataset=_alternatives(TOY_DATASETS),
+    slide=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    patient=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    scale=_alternatives(SCALES),
+    method=r"[a-z0-9_]+",
+    fold=r"\d+",
+    group=r"[A-Za-z0-9][A-Za-z0-9-]*",
+
+
+def encoder_group(dataset):
+    """Datasets in one encoder group share one encoder per scale."""
+    return config["datasets"][dataset].get("encoder_group", dataset)
+
+
+GROUPS = sorted({encoder_group(ds) for ds in DATASETS})
+
+
+def slide_file(wildcards):
+    return SAMPLES[wildcards.dataset].loc[wildcards.slide, "path"]
+
+
+def slide_row(wildcards):
+    return SAMPLES[wildcards.dataset].loc[wildcards.slide]
+
+
+def slide_mpp(wildcards):
+    row = slide_row(wildcards)
+    mpp = row.get("mpp") if "mpp" in row.index else None
+    return None if mpp is None or mpp != mpp else float(mpp)
+
+
+def patch_store(dataset, slide):
+    return f"{RESULTS}/{dataset}/patches/{slide}.h5"
+
+
+def feature_store(dataset, slide):
+    return f"{RESULTS}/{dataset}/features/{slide}.h5"
+
+
+def encoder_file(group, scale):
+    return f"{RESULTS}/encoders/{group}/{scale}.pt"
+
+
+def pretrain_patch_stores(wildcards):
+    """Patch stores of the pinned pretraining slides of every dataset in the group."""
+    out = []
+    for ds in DATASETS:
+        if encoder_group(ds) == wildcards.group:
+            sheet = SAMPLES[ds]
+            out += [patch_store(ds, s) for s in sheet.index[sheet["pretrain"]]]
+    if not out:
+        raise ValueError(
+            f"encoder group {wildcards.group!r} has no pretraining slides: mark some slides "
+            "with pretrain=true in the sample sheet"
+        )
+    return out
+
+
+def slide_encoders(wildcards):
+    group = encoder_group(wildcards.dataset)
+    return {s: encoder_file(group, s) for s in SCALES}
+
+
+def patients(dataset):
+    return sorted(SAMPLES[dataset]["patient_id"].unique())
+
+
+def patient_slides(dataset, patient):
+    sheet = SAMPLES[dataset]
+    return sheet.index[sheet["patient_id"] == patient].tolist()
+
+
+def patient_features(wildcards):
+    return [
+        feature_store(wildcards.dataset, s)
+        for s in patient_slides(wildcards.dataset, wildcards.patient)
+    ]
+
+
+def phenotype_table(dataset, patient):
+    return f"{RESULTS}/{dataset}/phenotypes/{patient}.tsv"
+
+
+def dataset_patient_inputs(wildcards):
+    """Every feature store and phenotype table of a dataset (MIL training reads them all)."""
+    ds = wildcards.dataset
+    return {
+        "features": [feature_store(ds, s) for s in SAMPLES[ds].index],
+        "phenotypes": [phenotype_table(ds, p) for p in patients(ds)],
+    }
+
+
+def patient_feature_map(wildcards):
+    """patient id -> its feature store paths, for the training script."""
+    ds = wildcards.dataset
+    return {p: [feature_store(ds, s) for s in patient_slides(ds, p)] for p in patients(ds)}
+
+
+def method_spec(method):
+    """Registry model name and options for a configured method name."""
+    variant = config["mil"].get("variants", {}).get(method)
+    if variant is not None:
+        opts = dict(variant)
+        return opts.pop("model"), opts
+    return method, {}
+
+
+def mil_dir(dataset, method, fold):
+    return f"{RESULTS}/{dataset}/mil/{method}/fold{fold}"
+
+
+def fold_predictions(wildcards):
+    return [
+        f"{mil_dir(wildcards.dataset, wildcards.method, f)}/predictions.tsv"
+        for f in range(N_FOLDS)
+    ]
+
+
+def metrics_file(dataset, method):
+    return f"{RESULTS}/{dataset}/mil/{method}/metrics.tsv"
+
+
+def toy_cohorts():
+    """Toy cohort name -> the dataset that holds it (first one wins)."""
+    out = {}
+    for ds in TOY_DATASETS:
+        out.setdefault(config["datasets"][ds]["toy"]["cohort"], ds)
+    return out
+
+
+def table5_metrics():
+    return [metrics_file(ds, m) for ds in toy_cohorts().values() for m in METHODS]
+
+
+def all_targets():
+    targets = [metrics_file(ds, m) for ds in DATASETS for m in METHODS]
+    if TOY_DATASETS:
+        targets += [f"{RESULTS}/tables/table5.csv", f"{RESULTS}/tables/table5.md"]
+    return targets
+
+
+def stage_seed(*keys):
+    return derive_seed(config["seed"], *keys)

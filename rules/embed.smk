@@ -1,0 +1,20 @@
+rule embed_slide:
+    """Every patch of a slide at every scale through that scale's encoder."""
+    input:
+        patches=f"{RESULTS}/{{dataset}}/patches/{{slide}}.h5",
+        encoders=lambda w: list(slide_encoders(w).values()),
+    output:
+        f"{RESULTS}/{{dataset}}/features/{{slide}}.h5",
+    params:
+        scales=SCALES,
+        batch_size=config["embedding"]["batch_size"],
+    log:
+        "logs/embed_slide/{dataset}/{slide}.log",
+    benchmark:
+        "results/benchmarks/embed_slide/{dataset}/{slide}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow_scripts/embed_slide.py"

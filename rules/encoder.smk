@@ -1,0 +1,25 @@
+rule train_encoder:
+    """SimSiam encoder of one scale on the pinned pretraining slides of an encoder group."""
+    input:
+        pretrain_patch_stores,
+    output:
+        encoder=f"{RESULTS}/encoders/{{group}}/{{scale}}.pt",
+        history=f"{RESULTS}/encoders/{{group}}/{{scale}}.history.tsv",
+    params:
+        backbone=config["encoder"]["backbone"],
+        epochs=config["encoder"]["epochs"],
+        batch_size=config["encoder"]["batch_size"],
+        base_lr=config["encoder"]["base_lr"],
+        warmup_epochs=config["encoder"]["warmup_epochs"],
+        max_patches=config["encoder"]["max_patches"],
+        seed=lambda w: stage_seed("encoder", w.group, w.scale),
+    log:
+        "logs/train_encoder/{group}/{scale}.log",
+    benchmark:
+        "results/benchmarks/train_encoder/{group}/{scale}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
+    script:
+        "../workflow_scripts/train_encoder.py"

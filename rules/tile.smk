@@ -1,0 +1,20 @@
+rule tile_slide:
+    """Tissue mask, 20x tile grid and co-centred 20x/10x/5x patches of one slide."""
+    input:
+        slide=slide_file,
+    output:
+        f"{RESULTS}/{{dataset}}/patches/{{slide}}.h5",
+    params:
+        patch_px=config["tiling"]["patch_px"],
+        tissue_threshold=config["tiling"]["tissue_threshold"],
+        thumbnail_max_px=config["tiling"]["thumbnail_max_px"],
+        mpp=slide_mpp,
+    log:
+        "logs/tile_slide/{dataset}/{slide}.log",
+    benchmark:
+        "results/benchmarks/tile_slide/{dataset}/{slide}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow_scripts/tile_slide.py"

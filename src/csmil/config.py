@@ -1,0 +1,173 @@
+"""Configuration and sample sheets: loading, JSON-schema validation, per-dataset views.
+
+The workflow validates ``config.yaml`` and every sample sheet before any job runs; the same
+functions serve the command line. Errors name the file, the key or the row, and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+# The schemas ship inside the package (src/csmil/schemas links to the top-level schemas/).
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SAMPLE_COLUMNS = ("slide_id", "patient_id", "path", "label")
+
+
+class ConfigError(ValueError):
+    """A configuration or sample sheet that cannot be used, with the reason and the fix."""
+
+
+def _schema(name: str, schema_dir: str | os.PathLike | None = None) -> dict:
+    path = Path(schema_dir or SCHEMA_DIR) / name
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _apply_defaults(instance: Any, schema: dict) -> None:
+    """Fill ``default`` values of object properties (recursively) into ``instance``."""
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if "default" in sub and key not in instance:
+            instance[key] = sub["default"]
+        if key in instance:
+            _apply_defaults(instance[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _apply_defaults(value, extra)
+
+
+def validate_config(config: dict, schema_dir: str | os.PathLike | None = None) -> dict:
+    """Validate a configuration mapping against ``config.schema.yaml``; fill defaults."""
+    schema = _schema("config.schema.yaml", schema_dir)
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path)
+    )
+    if errors:
+        lines = [f"  - at '{'.'.join(map(str, e.path)) or '<top>'}': {e.message}" for e in errors]
+        raise ConfigError(
+            "the configuration does not match schemas/config.schema.yaml:\n" + "\n".join(lines)
+        )
+    _apply_defaults(config, schema)
+    return config
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read and validate a YAML configuration file."""
+    with open(path) as fh:
+        config = yaml.safe_load(fh) or {}
+    try:
+        return validate_config(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def load_sample_sheet(path: str | os.PathLike, base_dir: str | os.PathLike | None = None):
+    """Read a sample sheet TSV and validate every row; relative slide paths are resolved
+    against ``base_dir`` (default: the sheet's folder is NOT used; paths are taken as given
+    relative to the working directory, as Snakemake does).
+
+    Returns a DataFrame with at least ``slide_id, patient_id, path, label, pretrain``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"sample sheet {path} does not exist")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    return validate_sample_sheet(df, source=str(path), base_dir=base_dir)
+
+
+def _coerce_row(row: dict) -> dict:
+    out = dict(row)
+    if out.get("label", "") != "":
+        try:
+            out["label"] = int(out["label"])
+        except ValueError:
+            pass
+    if "pretrain" in out:
+        text = str(out["pretrain"]).strip().lower()
+        if text in ("", "false", "0", "no"):
+            out["pretrain"] = False
+        elif text in ("true", "1", "yes"):
+            out["pretrain"] = True
+    if "mpp" in out:
+        text = str(out["mpp"]).strip()
+        try:
+            out["mpp"] = float(text) if text not in ("", "nan", "NA") else None
+        except ValueError:
+            pass
+    return out
+
+
+def validate_sample_sheet(
+    df: pd.DataFrame, source: str = "<sample sheet>", base_dir: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """Validate a sample sheet DataFrame row by row (errors name the row and column)."""
+    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ConfigError(
+            f"{source}: missing column(s) {missing}; a sample sheet needs tab-separated columns "
+            f"{list(SAMPLE_COLUMNS)} (optional: pretrain, mpp)"
+        )
+    validator = jsonschema.Draft202012Validator(_schema("samples.schema.yaml"))
+    rows, problems = [], []
+    for i, raw in enumerate(df.to_dict("records")):
+        row = _coerce_row(raw)
+        for err in validator.iter_errors(row):
+            where = ".".join(map(str, err.path)) or "row"
+            problems.append(f"  - row {i + 2} (slide {raw.get('slide_id')!r}), {where}: {err.message}")
+        rows.append(row)
+    if problems:
+        raise ConfigError(f"{source}: invalid rows (line numbers count the header):\n" + "\n".join(problems))
+    out = pd.DataFrame(rows)
+    dup = out["slide_id"][out["slide_id"].duplicated()].unique()
+    if len(dup):
+        raise ConfigError(f"{source}: slide_id must be unique; repeated: {list(dup)}")
+    per_patient = out.groupby("patient_id")["label"].nunique()
+    mixed = per_patient[per_patient > 1].index.tolist()
+    if mixed:
+        raise ConfigError(
+            f"{source}: patients with slides of different labels: {mixed}; labels are per patient"
+        )
+    if "pretrain" not in out.columns:
+        out["pretrain"] = False
+    out["pretrain"] = out["pretrain"].astype(bool)
+    if base_dir is not None:
+        out["path"] = [str(Path(base_dir) / p) if not os.path.isabs(p) else p for p in out["path"]]
+    return out.reset_index(drop=True)
+
+
+def dataset_sample_sheet(name: str, dataset: dict, seed: int, results: str = "results"):
+    """The sample sheet of one configured dataset (generated for toy cohorts).
+
+    Toy slides live under ``{results}/{name}/slides/``. A toy cohort's own ``seed`` defaults
+    to one derived from the master seed and the dataset name.
+    """
+    if "samples" in dataset:
+        return load_sample_sheet(dataset["samples"])
+    from csmil.toy import toy_sample_sheet
+
+    toy = dataset["toy"]
+    return toy_sample_sheet(
+        dataset=name,
+        cohort=toy["cohort"],
+        n_patients=int(toy["n_patients"]),
+        seed=int(toy.get("seed", derive_seed(seed, name))),
+        slides_dir=f"{results}/{name}/slides",
+        pretrain_fraction=float(toy.get("pretrain_fraction", 0.5)),
+    )
+
+
+def derive_seed(seed: int, *keys: str | int) -> int:
+    """A stable 31-bit seed derived from a master seed and names (not Python's ``hash``)."""
+    import hashlib
+
+    text = "/".join([str(seed), *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF

@@ -1,0 +1,16 @@
+"""Snakemake adapter: csmil.tables.table5."""
+
+import logging
+
+from csmil.runtime import setup_logging
+from csmil.tables import table5, write_table
+
+setup_logging(snakemake.log[0])
+df = table5(snakemake.params.metrics, snakemake.params.methods, snakemake.params.cohorts)
+write_table(
+    df,
+    snakemake.output.csv,
+    snakemake.output.md,
+    title="Table 5: classification on the toy cohorts (pooled out-of-fold test patients)",
+)
+logging.getLogger("csmil").info("Table 5:\n%s", df.to_string(index=False))
