@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from csmil.splits import assign_folds, fold_roles, ledger_path, update_splits
+
+
+def cohort(n_pos, n_neg, start=0):
+    ids = [f"p{i:03d}" for i in range(start, start + n_pos + n_neg)]
+    return pd.DataFrame({"patient_id": ids, "label": [1] * n_pos + [0] * n_neg})
+
+
+def test_folds_are_label_stratified_and_seeded():
+    df = assign_folds(cohort(20, 30), n_folds=10, seed=3)
+    counts = df.groupby(["label", "fold"]).size().unstack(fill_value=0)
+    assert counts.loc[1].tolist() == [2] * 10
+    assert counts.loc[0].tolist() == [3] * 10
+    again = assign_folds(cohort(20, 30), n_folds=10, seed=3)
+    assert df.equals(again)
+    other = assign_folds(cohort(20, 30), n_folds=10, seed=4)
+    assert not df["fold"].equals(other["fold"])
+
+
+def test_patients_keep_their_fold_when_others_are_added(tmp_path):
+    out = tmp_path / "splits.tsv"
+    first = update_splits(cohort(10, 10), out, n_folds=5, seed=0)
+    grown = pd.concat([cohort(10, 10), cohort(3, 4, start=100)], ignore_index=True)
+    second = update_splits(grown, out, n_folds=5, seed=0)
+    merged = first.merge(second, on="patient_id", suffixes=("_a", "_b"))
+    assert len(merged) == 20
+    assert (merged["fold_a"] == merged["fold_b"]).all()
+    # the new patients fill folds so that per-label counts stay within one of each other
+    counts = second.groupby(["label", "fold"]).size().unstack(fill_value=0)
+    assert (counts.max(axis=1) - counts.min(axis=1) <= 1).all()
+    assert ledger_path(out).exists()
+
+
+def test_removed_patient_gets_old_fold_back(tmp_path):
+    out = tmp_path / "splits.tsv"
+    full = cohort(6, 6)
+    first = update_splits(full, out, n_folds=3, seed=1).set_index("patient_id")
+    update_splits(full.iloc[1:], out, n_folds=3, seed=1)
+    back = update_splits(full, out, n_folds=3, seed=1).set_index("patient_id")
+    assert back.loc["p000", "fold"] == first.loc["p000", "fold"]
+
+
+def test_label_change_is_an_error(tmp_path):
+    out = tmp_path / "splits.tsv"
+    update_splits(cohort(4, 4), out, n_folds=3, seed=0)
+    flipped = cohort(4, 4)
+    flipped.loc[0, "label"] = 0
+    with pytest.raises(ValueError, match="p000"):
+        update_splits(flipped, out, n_folds=3, seed=0)
+
+
+def test_fold_roles_partition_patients():
+    df = assign_folds(cohort(10, 10), n_folds=5, seed=0)
+    for f in range(5):
+        roles = fold_roles(df, f, n_folds=5)
+        all_ids = roles["train"] + roles["val"] + roles["test"]
+        assert sorted(all_ids) == sorted(df["patient_id"])
+        assert set(roles["test"]) == set(df.loc[df["fold"] == f, "patient_id"])
+        assert set(roles["val"]) == set(df.loc[df["fold"] == (f + 1) % 5, "patient_id"])
+    with pytest.raises(ValueError, match="fold must be"):
+        fold_roles(df, 5, n_folds=5)
+
+
+def test_every_fold_used_once_across_test_sets():
+    df = assign_folds(cohort(7, 9), n_folds=4, seed=2)
+    tests = np.concatenate([fold_roles(df, f, 4)["test"] for f in range(4)])
+    assert sorted(tests) == sorted(df["patient_id"])
