@@ -11,7 +11,9 @@ rule train_encoder:
         batch_size=config["encoder"]["batch_size"],
         base_lr=config["encoder"]["base_lr"],
         warmup_epochs=config["encoder"]["warmup_epochs"],
+        schedule_epochs=config["encoder"]["schedule_epochs"],
         max_patches=config["encoder"]["max_patches"],
+        augment=config["encoder"].get("augment", {}),
         seed=lambda w: stage_seed("encoder", w.group, w.scale),
     log:
         "logs/train_encoder/{group}/{scale}.log",

@@ -7,7 +7,7 @@ rule tile_slide:
     params:
         patch_px=config["tiling"]["patch_px"],
         tissue_threshold=config["tiling"]["tissue_threshold"],
-        thumbnail_max_px=config["tiling"]["thumbnail_max_px"],
+        mask_mpp=config["tiling"]["mask_mpp"],
         mpp=slide_mpp,
     log:
         "logs/tile_slide/{dataset}/{slide}.log",

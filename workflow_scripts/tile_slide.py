@@ -1,0 +1,15 @@
+"""Snakemake adapter: csmil.tiling.tile_slide."""
+
+from csmil.runtime import setup_logging
+from csmil.tiling import tile_slide
+
+setup_logging(snakemake.log[0])
+tile_slide(
+    snakemake.input.slide,
+    snakemake.output[0],
+    patch_px=snakemake.params.patch_px,
+    tissue_threshold=snakemake.params.tissue_threshold,
+    mask_mpp=snakemake.params.mask_mpp,
+    slide_id=snakemake.wildcards.slide,
+    mpp_override=snakemake.params.mpp,
+)
