@@ -1,0 +1,184 @@
+"""The ``csmil`` command line: every workflow step, runnable by hand.
+
+Examples::
+
+    csmil toy-slide out.svs out.mask.png --cohort micro --label 1 --seed 3
+    csmil tile slide.svs patches.h5 --patch-px 64
+    csmil train-encoder encoder.pt patches/*.h5 --scale 20x --epochs 5
+    csmil embed patches.h5 features.h5 --encoder 20x=e20.pt --encoder 10x=e10.pt ...
+    csmil cluster phenotypes.tsv features/a.h5 features/b.h5
+    csmil validate config.yaml --samples samples.tsv
+    csmil models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from csmil import SCALES, __version__
+from csmil.runtime import setup_logging
+
+log = logging.getLogger("csmil")
+
+
+def _encoder_map(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        scale, sep, path = item.partition("=")
+        if not sep or scale not in SCALES:
+            raise SystemExit(f"--encoder takes SCALE=PATH with SCALE in {SCALES}, got {item!r}")
+        out[scale] = path
+    missing = [s for s in SCALES if s not in out]
+    if missing:
+        raise SystemExit(f"--encoder missing for scales {missing}")
+    return out
+
+
+def cmd_toy_slide(a: argparse.Namespace) -> object:
+    from csmil.toy import make_toy_slide
+
+    return make_toy_slide(a.out_svs, a.out_mask, cohort=a.cohort, label=a.label, seed=a.seed,
+                          size_px=a.size_px)
+
+
+def cmd_tile(a: argparse.Namespace) -> object:
+    from csmil.tiling import tile_slide
+
+    return tile_slide(a.slide, a.out, patch_px=a.patch_px, tissue_threshold=a.tissue_threshold,
+                      mask_mpp=a.mask_mpp, slide_id=a.slide_id, mpp_override=a.mpp)
+
+
+def cmd_train_encoder(a: argparse.Namespace) -> object:
+    from csmil.simsiam import train_simsiam
+
+    return train_simsiam(a.patch_stores, scale=a.scale, out_path=a.out, backbone=a.backbone,
+                         epochs=a.epochs, batch_size=a.batch_size, base_lr=a.base_lr,
+                         warmup_epochs=a.warmup_epochs, max_patches=a.max_patches, seed=a.seed,
+                         device=a.device, num_threads=a.threads)
+
+
+def cmd_embed(a: argparse.Namespace) -> object:
+    from csmil.embed import embed_slide
+
+    return embed_slide(a.patches, _encoder_map(a.encoder), a.out, batch_size=a.batch_size,
+                       device=a.device, num_threads=a.threads)
+
+
+def cmd_cluster(a: argparse.Namespace) -> object:
+    from csmil.cluster import cluster_patient
+
+    df = cluster_patient(a.features, a.out, n_clusters=a.n_clusters, seed=a.seed)
+    return {"patches": len(df), "out": a.out}
+
+
+def cmd_validate(a: argparse.Namespace) -> object:
+    from csmil.config import load_config, load_sample_sheet
+
+    cfg = load_config(a.config)
+    out: dict[str, object] = {"config": a.config, "datasets": list(cfg["datasets"])}
+    for sheet in a.samples or []:
+        df = load_sample_sheet(sheet)
+        out[sheet] = {"slides": len(df), "patients": int(df["patient_id"].nunique()),
+                      "positive_patients": int(df.groupby("patient_id")["label"].first().sum())}
+    return out
+
+
+def cmd_models(a: argparse.Namespace) -> object:
+    from csmil.models import MIL_MODELS, count_parameters, create_mil_model
+
+    rows = {}
+    for name in MIL_MODELS:
+        rows[name] = count_parameters(create_mil_model(name, a.in_dim))
+    return {"in_dim": a.in_dim, "parameters": rows}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="csmil", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"csmil {__version__}")
+    p.add_argument("--log", help="also write the log to this file")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("toy-slide", help="generate one toy slide (Aperio SVS) and its mask")
+    s.add_argument("out_svs")
+    s.add_argument("out_mask")
+    s.add_argument("--cohort", choices=["micro", "macro"], required=True)
+    s.add_argument("--label", type=int, choices=[0, 1], required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size-px", type=int, default=3072, help="side in level-0 px (default 3072)")
+    s.set_defaults(func=cmd_toy_slide)
+
+    s = sub.add_parser("tile", help="tissue mask and co-centred 20x/10x/5x patches of a slide")
+    s.add_argument("slide")
+    s.add_argument("out", help="patch store (.h5) to write")
+    s.add_argument("--patch-px", type=int, default=64, help="patch side in px (default 64)")
+    s.add_argument("--tissue-threshold", type=float, default=0.25,
+                   help="tissue fraction of a 20x tile to keep it (default 0.25)")
+    s.add_argument("--mask-mpp", type=float, default=8.0,
+                   help="µm/px of the tissue-mask thumbnail (default 8)")
+    s.add_argument("--slide-id", default=None)
+    s.add_argument("--mpp", type=float, default=None,
+                   help="level-0 µm/px when the slide lacks it")
+    s.set_defaults(func=cmd_tile)
+
+    s = sub.add_parser("train-encoder", help="SimSiam encoder of one scale")
+    s.add_argument("out", help="encoder checkpoint (.pt)")
+    s.add_argument("patch_stores", nargs="+")
+    s.add_argument("--scale", choices=SCALES, required=True)
+    s.add_argument("--backbone", default="resnet18")
+    s.add_argument("--epochs", type=int, default=200)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--base-lr", type=float, default=0.05)
+    s.add_argument("--warmup-epochs", type=int, default=10)
+    s.add_argument("--max-patches", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=cmd_train_encoder)
+
+    s = sub.add_parser("embed", help="features of every patch at every scale")
+    s.add_argument("patches")
+    s.add_argument("out", help="feature store (.h5) to write")
+    s.add_argument("--encoder", action="append", default=[], metavar="SCALE=PATH")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("cluster", help="k-means phenotypes of one patient (20x features)")
+    s.add_argument("out", help="phenotype table (.tsv) to write")
+    s.add_argument("features", nargs="+", help="the patient's feature stores")
+    s.add_argument("--n-clusters", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_cluster)
+
+    s = sub.add_parser("validate", help="check a config file and sample sheets")
+    s.add_argument("config")
+    s.add_argument("--samples", action="append")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("models", help="list the MIL models and their parameter counts")
+    s.add_argument("--in-dim", type=int, default=2048)
+    s.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        log.error("%s", err)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
