@@ -1,0 +1,337 @@
+"""SimSiam encoders, one per scale: model, training on patch stores, checkpoint save/load.
+
+SimSiam (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021) with the
+settings of the CS-MIL authors' code (official-implementation.md §3.1): a torchvision ResNet
+without pretrained weights (fc → Identity), a projector of ``proj_layers`` Linear-BN(-ReLU)
+blocks (2 by default: Linear-BN-ReLU-Linear-BN, width = backbone width), a bottleneck predictor
+(width/4) Linear-BN-ReLU-Linear, the symmetric negative cosine loss with stop-gradient (paper
+Eq. 1–2), SGD (momentum 0.9, weight decay 1e-4, lr = base_lr × batch/256), linear warm-up then
+cosine decay per step, and a constant predictor lr. The authors schedule the cosine over 800
+epochs and stop at 200 (``schedule_epochs`` and ``epochs`` here). AMP is used on CUDA only.
+
+Data: the patches of one scale from the given patch stores. At most ``max_patches`` patches are
+used, drawn uniformly without replacement over all stores with the seed. When the drawn patches
+fit in ``cache_mb`` they are read once and held in memory as uint8; otherwise each batch is
+read lazily from the stores, so memory stays bounded by one batch whatever the cohort size.
+
+The checkpoint follows docs/architecture.md (``kind="simsiam-encoder"``, backbone weights
+only) and loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+from torch import nn
+
+from csmil.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, BatchAugment, normalize
+from csmil.io import atomic_path, write_tsv
+from csmil.patchstore import open_patch_store
+from csmil.runtime import progress, seed_everything, select_device, set_threads, versions
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Backbone name → feature width after global pooling.
+BACKBONES: dict[str, int] = {"resnet18": 512, "resnet50": 2048}
+CHECKPOINT_KIND = "simsiam-encoder"
+
+
+def build_backbone(name: str) -> tuple[nn.Module, int]:
+    """A randomly initialised torchvision ResNet with ``fc = Identity``: (B,3,P,P) → (B, D)."""
+    if name not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+    net = getattr(torchvision.models, name)(weights=None)
+    net.fc = nn.Identity()
+    return net, BACKBONES[name]
+
+
+class SimSiam(nn.Module):
+    """Backbone + projector f and predictor h; ``forward(x1, x2)`` returns the loss in [-1, 1]."""
+
+    def __init__(self, backbone: nn.Module, dim: int, proj_layers: int = 2) -> None:
+        super().__init__()
+        if proj_layers not in (2, 3):
+            raise ValueError(f"proj_layers must be 2 or 3, got {proj_layers}")
+        self.backbone = backbone
+        blocks: list[nn.Module] = [nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True)]
+        if proj_layers == 3:
+            blocks += [nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True)]
+        blocks += [nn.Linear(dim, dim), nn.BatchNorm1d(dim)]
+        self.projector = nn.Sequential(*blocks)
+        self.predictor = nn.Sequential(
+            nn.Linear(dim, dim // 4),
+            nn.BatchNorm1d(dim // 4),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim // 4, dim),
+        )
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        z1 = self.projector(self.backbone(x1))  # (B, D)
+        z2 = self.projector(self.backbone(x2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)  # (B, D)
+        return (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Mean −cos(p, stopgrad(z)) over the batch (SimSiam Eq. 1); p, z (B, D)."""
+    return -nn.functional.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
+
+
+def lr_at(step: int, steps_per_epoch: int, lr: float, warmup_epochs: int, schedule_epochs: int):
+    """Learning rate of the encoder at ``step`` (0-based, counted over all epochs).
+
+    Linear warm-up from 0 to ``lr`` over ``warmup_epochs``, then cosine from ``lr`` to 0 over
+    the remaining ``schedule_epochs − warmup_epochs`` epochs; 0 after the schedule ends.
+    """
+    warm = warmup_epochs * steps_per_epoch
+    total = schedule_epochs * steps_per_epoch
+    if step < warm:
+        return lr * step / warm
+    if step >= total:
+        return 0.0
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def history_path(out_path: str | os.PathLike) -> Path:
+    """The training-history TSV beside an encoder checkpoint: ``X.pt`` → ``X.history.tsv``."""
+    p = Path(out_path)
+    return p.with_name(p.stem + ".history.tsv")
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` while a background thread produces the next ones (I/O overlap)."""
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(next, it, None) for _ in range(depth)]
+        while True:
+            item = futures.pop(0).result()
+            if item is None:
+                return
+            futures.append(pool.submit(next, it, None))
+            yield item
+
+
+class _PatchSample:
+    """The drawn training patches of one scale; ``batch(idx)`` → uint8 (B, P, P, 3)."""
+
+    def __init__(self, stores: Sequence[Path], scale: str, max_patches, cache_mb, rng) -> None:
+        counts, px = [], set()
+        for path in stores:
+            with open_patch_store(path) as st:
+                if scale not in st.scales:
+                    raise KeyError(f"{path}: no scale {scale!r}; this store has {st.scales}")
+                counts.append(st.n)
+                if st.n:
+                    px.add(st.patch_px)
+        if len(px) > 1:
+            raise ValueError(f"patch stores differ in patch_px {sorted(px)}; re-tile them alike")
+        self.patch_px = px.pop() if px else 0
+        self.n_available = int(sum(counts))
+        n = self.n_available if max_patches is None else min(self.n_available, int(max_patches))
+        flat = np.sort(rng.choice(self.n_available, size=n, replace=False)) if n else np.zeros(0)
+        offsets = np.cumsum([0, *counts])
+        store_of = np.searchsorted(offsets, flat, side="right") - 1
+        self.refs = np.stack([store_of, flat - offsets[store_of]], 1).astype(np.int64)  # (n, 2)
+        self.stores, self.scale = list(stores), scale
+        self.in_memory = n * self.patch_px**2 * 3 <= cache_mb * 2**20
+        self._open: dict[int, Any] = {}
+        self._cache = self._read(np.arange(n)) if self.in_memory and n else None
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def batch(self, idx: np.ndarray) -> np.ndarray:
+        return self._cache[idx] if self._cache is not None else self._read(idx)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), self.patch_px, self.patch_px, 3), dtype=np.uint8)
+        refs = self.refs[idx]
+        for s in np.unique(refs[:, 0]):
+            rows = np.flatnonzero(refs[:, 0] == s)
+            if s not in self._open:
+                self._open[s] = open_patch_store(self.stores[s])
+            out[rows] = self._open[s].read(self.scale, refs[rows, 1])
+        return out
+
+    def close(self) -> None:
+        for st in self._open.values():
+            st.close()
+        self._open.clear()
+
+
+def train_simsiam(
+    patch_stores: Sequence[str | os.PathLike],
+    scale: str,
+    out_path: str | os.PathLike,
+    backbone: str = "resnet18",
+    epochs: int = 200,
+    batch_size: int = 64,
+    base_lr: float = 0.05,
+    warmup_epochs: int = 10,
+    schedule_epochs: int | None = 800,
+    proj_layers: int = 2,
+    max_patches: int | None = None,
+    cache_mb: float = 4096,
+    augment: AugmentConfig | dict | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Train a SimSiam encoder on the ``scale`` patches of ``patch_stores``; save its backbone.
+
+    Writes the checkpoint ``out_path`` and the history ``history_path(out_path)`` (columns
+    epoch, loss, lr, seconds) atomically. ``schedule_epochs`` (None: ``epochs``) is the length
+    of the cosine schedule; training stops after ``epochs``. Returns a summary dict.
+    """
+    t_start = time.perf_counter()
+    set_threads(num_threads)
+    dev = select_device(device)
+    aug_cfg = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**(augment or {}))
+    schedule_epochs = epochs if schedule_epochs is None else int(schedule_epochs)
+    if epochs < 1 or schedule_epochs < epochs or not 0 <= warmup_epochs <= schedule_epochs:
+        raise ValueError(
+            "need epochs >= 1, schedule_epochs >= epochs and 0 <= warmup_epochs <= "
+            f"schedule_epochs; got epochs={epochs}, schedule_epochs={schedule_epochs}, "
+            f"warmup_epochs={warmup_epochs}"
+        )
+    if not patch_stores:
+        raise ValueError("patch_stores is empty: list the patch stores of the pretraining slides")
+    rng = seed_everything(seed)
+    data = _PatchSample([Path(p) for p in patch_stores], scale, max_patches, cache_mb, rng)
+    n = len(data)
+    if n < 2:
+        raise ValueError(
+            f"SimSiam on scale {scale} needs at least 2 patches, found {n} in "
+            f"{len(patch_stores)} patch store(s) ({data.n_available} available); add "
+            "pretraining slides with tissue or raise max_patches"
+        )
+    if n < batch_size:
+        log.warning("only %d %s patches: batch size reduced from %d to %d", n, scale, batch_size, n)
+        batch_size = n
+    steps = n // batch_size  # drop_last
+    lr = base_lr * batch_size / 256
+    log.info(
+        "SimSiam %s on %s: %d of %d patches (%s), %d px, batch %d, %d steps/epoch, lr %.4g, %s",
+        backbone, scale, n, data.n_available, "in memory" if data.in_memory else "lazy reads",
+        data.patch_px, batch_size, steps, lr, dev,
+    )  # fmt: skip
+
+    net, dim = build_backbone(backbone)
+    model = SimSiam(net, dim, proj_layers).to(dev)
+    enc_params = [*model.backbone.parameters(), *model.projector.parameters()]
+    opt = torch.optim.SGD(
+        [{"params": enc_params}, {"params": model.predictor.parameters()}],
+        lr=lr, momentum=0.9, weight_decay=1e-4,
+    )  # fmt: skip
+    amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    aug = BatchAugment(data.patch_px, aug_cfg)
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
+    def batches(order: np.ndarray) -> Iterator[torch.Tensor]:
+        for i in range(steps):
+            x = torch.from_numpy(data.batch(np.sort(order[i * batch_size : (i + 1) * batch_size])))
+            yield x.pin_memory() if amp else x
+
+    rows = []
+    try:
+        for epoch in range(1, epochs + 1):
+            t0, total = time.perf_counter(), 0.0
+            model.train()
+            order = rng.permutation(n)
+            bar = progress(prefetch(batches(order)), f"simsiam {scale} epoch {epoch}", steps)
+            for i, x in enumerate(bar):
+                step_lr = lr_at((epoch - 1) * steps + i, steps, lr, warmup_epochs, schedule_epochs)
+                opt.param_groups[0]["lr"] = step_lr  # the predictor group keeps ``lr``
+                x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, P, P) uint8
+                v1 = normalize(aug(x, gen), mean, std)
+                v2 = normalize(aug(x, gen), mean, std)
+                with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+                    loss = model(v1, v2)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                total += loss.item()
+            mean_loss = total / steps
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(
+                    f"SimSiam loss became {mean_loss} in epoch {epoch} on scale {scale}; "
+                    "lower base_lr or check the patches"
+                )
+            secs = time.perf_counter() - t0
+            rows.append({"epoch": epoch, "loss": mean_loss, "lr": step_lr, "seconds": secs})
+            log.info(
+                "epoch %d/%d loss %.4f lr %.4g (%.1f s)", epoch, epochs, mean_loss, step_lr, secs
+            )
+    finally:
+        data.close()
+
+    config = {
+        "patch_stores": [str(p) for p in patch_stores], "epochs": epochs,
+        "schedule_epochs": schedule_epochs, "warmup_epochs": warmup_epochs,
+        "batch_size": batch_size, "base_lr": base_lr, "lr": lr, "proj_layers": proj_layers,
+        "max_patches": max_patches, "n_patches": n, "seed": seed, "augment": aug_cfg.to_dict(),
+    }  # fmt: skip
+    ckpt = {
+        "kind": CHECKPOINT_KIND, "backbone": backbone, "scale": scale,
+        "patch_px": data.patch_px, "feature_dim": dim, "mean": list(mean), "std": list(std),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()},
+        "config": config, "versions": {k: str(v) for k, v in versions().items()},
+    }  # fmt: skip
+    with atomic_path(out_path) as tmp:  # plain types only: loads with weights_only=True
+        torch.save(ckpt, tmp)
+    write_tsv(pd.DataFrame(rows), history_path(out_path))
+    seconds = time.perf_counter() - t_start
+    train_secs = sum(r["seconds"] for r in rows)
+    return {
+        "out_path": str(out_path), "encoder_id": encoder_id(ckpt), "scale": scale,
+        "backbone": backbone, "n_patches_available": data.n_available, "n_patches": n,
+        "batch_size": batch_size, "epochs": epochs, "final_loss": rows[-1]["loss"],
+        "patches_per_s": steps * batch_size * epochs / train_secs, "seconds": seconds,
+        "device": str(dev), "history": str(history_path(out_path)),
+    }  # fmt: skip
+
+
+def encoder_id(ckpt: dict[str, Any]) -> str:
+    """Short hash (12 hex) of an encoder's backbone name, scale, patch size and weights."""
+    h = hashlib.sha256(f"{ckpt['backbone']}|{ckpt['scale']}|{ckpt['patch_px']}".encode())
+    for k in sorted(ckpt["state_dict"]):
+        h.update(k.encode())
+        h.update(ckpt["state_dict"][k].cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def load_encoder(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an encoder checkpoint: (backbone in eval mode on ``device``, metadata).
+
+    The metadata is the checkpoint without ``state_dict``, plus ``encoder_id``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"encoder checkpoint {path} does not exist; run train_encoder")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a SimSiam encoder checkpoint (kind={kind!r})")
+    net, _ = build_backbone(ckpt["backbone"])
+    net.load_state_dict(ckpt["state_dict"])
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["encoder_id"] = encoder_id(ckpt)
+    return net.to(device).eval(), meta

@@ -1,0 +1,188 @@
+"""SimSiam encoders: augmentations, schedule, training, checkpoint round trip, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from csmil import SCALES
+from csmil.augment import AugmentConfig, BatchAugment, blur_kernel_size, normalize
+from csmil.io import read_tsv
+from csmil.patchstore import PatchStoreWriter
+from csmil.simsiam import (
+    SimSiam,
+    build_backbone,
+    encoder_id,
+    history_path,
+    load_encoder,
+    lr_at,
+    train_simsiam,
+)
+
+PX = 32
+FAST = dict(epochs=2, batch_size=8, warmup_epochs=0, schedule_epochs=None, num_threads=2)
+
+
+def make_store(path, n, px=PX, seed=0):
+    """A patch store of ``n`` structured patches: coloured stripes of random period and phase."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:px, :px]
+    patches = {}
+    for k, s in enumerate(SCALES):
+        period = rng.integers(3, 12, size=(n, 1, 1))
+        phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
+        wave = np.sin(2 * np.pi * (xx + (k + 1) * yy)[None] / period + phase)  # (n, P, P)
+        colour = rng.uniform(40, 215, size=(n, 1, 1, 3))
+        img = colour + 40 * wave[..., None] + rng.normal(0, 8, size=(n, px, px, 3))
+        patches[s] = np.clip(img, 0, 255).astype(np.uint8)
+    coords = np.stack([np.arange(n) * 256, np.arange(n) * 128], 1)
+    with PatchStoreWriter(path, patch_px=px, attrs={"slide_id": path.stem}) as w:
+        w.append(coords, patches)
+    return path
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stores")
+    return [make_store(d / "a.h5", 24, seed=1), make_store(d / "b.h5", 16, seed=2)]
+
+
+@pytest.fixture(scope="module")
+def trained(stores, tmp_path_factory):
+    out = tmp_path_factory.mktemp("enc") / "20x.pt"
+    summary = train_simsiam(stores, "20x", out, seed=3, **FAST)
+    return out, summary
+
+
+def test_augment_keeps_shape_dtype_and_is_seeded():
+    x = torch.randint(0, 256, (6, 3, PX, PX), dtype=torch.uint8)
+    aug = BatchAugment(PX, AugmentConfig(vflip=True, rot90=True))
+    a = aug(x, torch.Generator().manual_seed(5))
+    b = aug(x, torch.Generator().manual_seed(5))
+    c = aug(x, torch.Generator().manual_seed(6))
+    assert a.shape == x.shape and a.dtype == torch.uint8
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a, x)
+    with pytest.raises(ValueError, match="uint8"):
+        aug(x.float())
+
+
+def test_augment_identity_settings_return_input():
+    x = torch.randint(0, 256, (4, 3, PX, PX), dtype=torch.uint8)
+    cfg = AugmentConfig(
+        crop_min_scale=1.0, crop_ratio=(1, 1), hflip=False, jitter_p=0, grayscale_p=0, blur_p=0
+    )
+    assert torch.equal(BatchAugment(PX, cfg)(x), x)
+
+
+def test_rot90_and_flips_only_permute_pixels():
+    x = torch.randint(0, 256, (8, 3, PX, PX), dtype=torch.uint8)
+    cfg = AugmentConfig(
+        crop_min_scale=1.0, crop_ratio=(1, 1), vflip=True, rot90=True,
+        jitter_p=0, grayscale_p=0, blur_p=0,
+    )  # fmt: skip
+    y = BatchAugment(PX, cfg)(x, torch.Generator().manual_seed(0))
+    for xi, yi in zip(x, y, strict=True):
+        variants = [torch.rot90(v, k, (1, 2)) for v in (xi, xi.flip(2)) for k in range(4)]
+        assert any(torch.equal(yi, v) for v in variants)
+
+
+def test_grayscale_always_gives_equal_channels_and_blur_kernel_scales():
+    x = torch.randint(0, 256, (4, 3, PX, PX), dtype=torch.uint8)
+    y = BatchAugment(PX, AugmentConfig(grayscale_p=1.0, blur_p=0))(x)
+    assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])
+    assert blur_kernel_size(256) == 25 and blur_kernel_size(64) == 7 and blur_kernel_size(32) == 3
+    with pytest.raises(ValueError, match="crop_min_scale"):
+        AugmentConfig(crop_min_scale=0)
+
+
+def test_normalize_matches_imagenet_statistics():
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    y = normalize(x)
+    assert y.dtype == torch.float32
+    assert y[0, :, 0, 0].tolist() == pytest.approx(
+        [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]
+    )
+
+
+def test_lr_schedule_warmup_then_cosine():
+    kw = dict(steps_per_epoch=10, lr=0.1, warmup_epochs=2, schedule_epochs=6)
+    assert lr_at(0, **kw) == 0.0
+    assert lr_at(10, **kw) == pytest.approx(0.05)
+    assert lr_at(20, **kw) == pytest.approx(0.1)
+    assert lr_at(40, **kw) == pytest.approx(0.05)  # half-way through the cosine
+    assert lr_at(59, **kw) < 0.001 and lr_at(60, **kw) == 0.0
+
+
+def test_model_shapes_and_loss_range():
+    net, dim = build_backbone("resnet18")
+    assert dim == 512 and isinstance(net.fc, torch.nn.Identity)
+    model = SimSiam(net, dim)
+    assert [type(m).__name__ for m in model.projector] == [
+        "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d",
+    ]  # fmt: skip
+    assert model.predictor[0].out_features == 128
+    x = torch.randn(4, 3, PX, PX)
+    assert -1.0 <= model(x, x).item() <= 1.0
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        build_backbone("vit")
+
+
+def test_training_writes_history_and_contract_checkpoint(trained):
+    out, summary = trained
+    hist = read_tsv(history_path(out))
+    assert list(hist.columns) == ["epoch", "loss", "lr", "seconds"]
+    assert hist["epoch"].tolist() == [1, 2]
+    assert all(math.isfinite(v) and -1 <= v <= 1 for v in hist["loss"])
+    assert summary["n_patches"] == 40 and summary["batch_size"] == 8
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["kind"] == "simsiam-encoder" and ckpt["backbone"] == "resnet18"
+    assert ckpt["scale"] == "20x" and ckpt["patch_px"] == PX and ckpt["feature_dim"] == 512
+    assert ckpt["mean"] == [0.485, 0.456, 0.406]
+    assert all(not k.startswith(("projector", "predictor")) for k in ckpt["state_dict"])
+    assert summary["encoder_id"] == encoder_id(ckpt) and len(summary["encoder_id"]) == 12
+
+
+def test_checkpoint_round_trip_gives_identical_features(stores, tmp_path):
+    out = tmp_path / "enc.pt"
+    torch.manual_seed(0)
+    train_simsiam(stores[:1], "10x", out, seed=1, **{**FAST, "epochs": 1})
+    net, meta = load_encoder(out)
+    assert not net.training and meta["scale"] == "10x"
+    x = normalize(torch.randint(0, 256, (5, 3, PX, PX), dtype=torch.uint8))
+    with torch.inference_mode():
+        f1 = net(x)
+    net2, meta2 = load_encoder(out)
+    with torch.inference_mode():
+        f2 = net2(x)
+    assert f1.shape == (5, 512) and torch.equal(f1, f2)
+    assert meta["encoder_id"] == meta2["encoder_id"]
+
+
+def test_same_seed_gives_identical_weights(stores, trained, tmp_path):
+    out, summary = trained
+    again = train_simsiam(stores, "20x", tmp_path / "again.pt", seed=3, **FAST)
+    a = torch.load(out, weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "again.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert again["encoder_id"] == summary["encoder_id"]
+    other = train_simsiam(stores, "20x", tmp_path / "other.pt", seed=4, **FAST)
+    assert other["encoder_id"] != summary["encoder_id"]
+
+
+def test_max_patches_small_batch_and_too_few(stores, tmp_path, caplog):
+    s = train_simsiam(stores, "5x", tmp_path / "m.pt", max_patches=6, **{**FAST, "epochs": 1})
+    assert s["n_patches"] == 6 and s["batch_size"] == 6 and s["n_patches_available"] == 40
+    assert "batch size reduced" in caplog.text
+    one = {**FAST, "epochs": 1, "seed": 7}
+    cached = train_simsiam(stores, "5x", tmp_path / "c.pt", **one)
+    lazy = train_simsiam(stores, "5x", tmp_path / "l.pt", cache_mb=0, **one)
+    assert lazy["n_patches"] == 40 and lazy["encoder_id"] == cached["encoder_id"]
+    empty = make_store(tmp_path / "empty.h5", 0)
+    with pytest.raises(ValueError, match="at least 2 patches"):
+        train_simsiam([empty], "20x", tmp_path / "e.pt", **FAST)
+    assert not (tmp_path / "e.pt").exists()
