@@ -14,6 +14,7 @@ rule embed_slide:
         "results/benchmarks/embed_slide/{dataset}/{slide}.tsv"
     threads: 1
     resources:
+        gpu=1,
         mem_mb=4000,
         runtime=60,
     script:

@@ -21,6 +21,7 @@ rule train_encoder:
         "results/benchmarks/train_encoder/{group}/{scale}.tsv"
     threads: 2
     resources:
+        gpu=1,
         mem_mb=8000,
         runtime=720,
     script:

@@ -5,6 +5,8 @@ rule evaluate:
     output:
         metrics=f"{RESULTS}/{{dataset}}/mil/{{method}}/metrics.tsv",
         curves=f"{RESULTS}/{{dataset}}/mil/{{method}}/curves.tsv",
+    params:
+        n_folds=N_FOLDS,
     log:
         "logs/evaluate/{dataset}/{method}.log",
     resources:

@@ -25,6 +25,7 @@ rule train_mil:
         "results/benchmarks/train_mil/{dataset}/{method}/fold{fold}.tsv"
     threads: 1
     resources:
+        gpu=1,
         mem_mb=4000,
         runtime=120,
     script:

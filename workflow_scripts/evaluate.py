@@ -1,0 +1,12 @@
+"""Snakemake adapter: csmil.evaluate.evaluate_method."""
+
+from csmil.evaluate import evaluate_method
+from csmil.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+evaluate_method(
+    list(snakemake.input),
+    snakemake.output.metrics,
+    snakemake.output.curves,
+    n_folds=snakemake.params.n_folds,
+)
