@@ -2,7 +2,6 @@
 # Run: snakemake --profile profiles/local   (or profiles/slurm on a cluster)
 from snakemake.utils import min_version
 
-
 min_version("9.0")
 
 
@@ -22,6 +21,6 @@ include: "rules/tables.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -4,13 +4,15 @@ rule cluster_patient:
         patient_features,
     output:
         f"{RESULTS}/{{dataset}}/phenotypes/{{patient}}.tsv",
-    params:
-        n_clusters=config["clustering"]["n_clusters"],
-        seed=lambda w: stage_seed("cluster", w.dataset, w.patient),
     log:
         "logs/cluster_patient/{dataset}/{patient}.log",
+    conda:
+        "../envs/csmil.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        n_clusters=config["clustering"]["n_clusters"],
+        seed=lambda w: stage_seed("cluster", w.dataset, w.patient),
     script:
         "../workflow_scripts/cluster_patient.py"

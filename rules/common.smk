@@ -2,7 +2,6 @@
 import csmil
 from csmil.config import dataset_sample_sheet, derive_seed, validate_config
 
-
 validate_config(config)
 
 RESULTS = "results"
@@ -120,7 +119,9 @@ def dataset_patient_inputs(wildcards):
 def patient_feature_map(wildcards):
     """patient id -> its feature store paths, for the training script."""
     ds = wildcards.dataset
-    return {p: [feature_store(ds, s) for s in patient_slides(ds, p)] for p in patients(ds)}
+    return {
+        p: [feature_store(ds, s) for s in patient_slides(ds, p)] for p in patients(ds)
+    }
 
 
 def method_spec(method):

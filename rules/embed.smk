@@ -5,17 +5,19 @@ rule embed_slide:
         encoders=lambda w: list(slide_encoders(w).values()),
     output:
         f"{RESULTS}/{{dataset}}/features/{{slide}}.h5",
-    params:
-        scales=SCALES,
-        batch_size=config["embedding"]["batch_size"],
     log:
         "logs/embed_slide/{dataset}/{slide}.log",
     benchmark:
         "results/benchmarks/embed_slide/{dataset}/{slide}.tsv"
+    conda:
+        "../envs/csmil.yaml"
     threads: 1
     resources:
         gpu=1,
         mem_mb=4000,
         runtime=60,
+    params:
+        scales=SCALES,
+        batch_size=config["embedding"]["batch_size"],
     script:
         "../workflow_scripts/embed_slide.py"

@@ -5,6 +5,17 @@ rule train_encoder:
     output:
         encoder=f"{RESULTS}/encoders/{{group}}/{{scale}}.pt",
         history=f"{RESULTS}/encoders/{{group}}/{{scale}}.history.tsv",
+    log:
+        "logs/train_encoder/{group}/{scale}.log",
+    benchmark:
+        "results/benchmarks/train_encoder/{group}/{scale}.tsv"
+    conda:
+        "../envs/csmil.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
     params:
         backbone=config["encoder"]["backbone"],
         epochs=config["encoder"]["epochs"],
@@ -15,14 +26,5 @@ rule train_encoder:
         max_patches=config["encoder"]["max_patches"],
         augment=config["encoder"].get("augment", {}),
         seed=lambda w: stage_seed("encoder", w.group, w.scale),
-    log:
-        "logs/train_encoder/{group}/{scale}.log",
-    benchmark:
-        "results/benchmarks/train_encoder/{group}/{scale}.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=720,
     script:
         "../workflow_scripts/train_encoder.py"

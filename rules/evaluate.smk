@@ -5,12 +5,14 @@ rule evaluate:
     output:
         metrics=f"{RESULTS}/{{dataset}}/mil/{{method}}/metrics.tsv",
         curves=f"{RESULTS}/{{dataset}}/mil/{{method}}/curves.tsv",
-    params:
-        n_folds=N_FOLDS,
     log:
         "logs/evaluate/{dataset}/{method}.log",
+    conda:
+        "../envs/csmil.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        n_folds=N_FOLDS,
     script:
         "../workflow_scripts/evaluate.py"

@@ -4,17 +4,19 @@ rule tile_slide:
         slide=slide_file,
     output:
         f"{RESULTS}/{{dataset}}/patches/{{slide}}.h5",
+    log:
+        "logs/tile_slide/{dataset}/{slide}.log",
+    benchmark:
+        "results/benchmarks/tile_slide/{dataset}/{slide}.tsv"
+    conda:
+        "../envs/csmil.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         patch_px=config["tiling"]["patch_px"],
         tissue_threshold=config["tiling"]["tissue_threshold"],
         mask_mpp=config["tiling"]["mask_mpp"],
         mpp=slide_mpp,
-    log:
-        "logs/tile_slide/{dataset}/{slide}.log",
-    benchmark:
-        "results/benchmarks/tile_slide/{dataset}/{slide}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=60,
     script:
         "../workflow_scripts/tile_slide.py"

@@ -3,15 +3,17 @@ rule make_toy_slide:
     output:
         svs=f"{RESULTS}/{{toy_dataset}}/slides/{{slide}}.svs",
         mask=f"{RESULTS}/{{toy_dataset}}/slides/{{slide}}.mask.png",
+    log:
+        "logs/make_toy_slide/{toy_dataset}/{slide}.log",
+    conda:
+        "../envs/csmil.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         cohort=lambda w: SAMPLES[w.toy_dataset].loc[w.slide, "cohort"],
         label=lambda w: int(SAMPLES[w.toy_dataset].loc[w.slide, "label"]),
         seed=lambda w: int(SAMPLES[w.toy_dataset].loc[w.slide, "seed"]),
         size_px=lambda w: int(config["datasets"][w.toy_dataset]["toy"]["size_px"]),
-    log:
-        "logs/make_toy_slide/{toy_dataset}/{slide}.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
     script:
         "../workflow_scripts/make_toy_slide.py"

@@ -8,6 +8,17 @@ rule train_mil:
         history=f"{RESULTS}/{{dataset}}/mil/{{method}}/fold{{fold}}/history.tsv",
         predictions=f"{RESULTS}/{{dataset}}/mil/{{method}}/fold{{fold}}/predictions.tsv",
         attention=f"{RESULTS}/{{dataset}}/mil/{{method}}/fold{{fold}}/attention.tsv",
+    log:
+        "logs/train_mil/{dataset}/{method}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train_mil/{dataset}/{method}/fold{fold}.tsv"
+    conda:
+        "../envs/csmil.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=120,
     params:
         patients=patient_feature_map,
         phenotype_dir=lambda w: f"{RESULTS}/{w.dataset}/phenotypes",
@@ -15,18 +26,16 @@ rule train_mil:
         n_folds=N_FOLDS,
         train={
             k: config["mil"][k]
-            for k in ("epochs", "lr", "weight_decay", "accumulate", "n_test_bags", "bag_mode")
+            for k in (
+                "epochs",
+                "lr",
+                "weight_decay",
+                "accumulate",
+                "n_test_bags",
+                "bag_mode",
+            )
         },
         n_clusters=config["clustering"]["n_clusters"],
         seed=lambda w: stage_seed("mil", w.dataset, w.method, w.fold),
-    log:
-        "logs/train_mil/{dataset}/{method}/fold{fold}.log",
-    benchmark:
-        "results/benchmarks/train_mil/{dataset}/{method}/fold{fold}.tsv"
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=120,
     script:
         "../workflow_scripts/train_mil.py"

@@ -19,8 +19,9 @@ def test_patient_clusters_recover_blobs_across_slides(tmp_path):
     centres = np.eye(4) * 5
     make_slide(tmp_path / "a.h5", "a", centres[:2], 10, rng)
     make_slide(tmp_path / "b.h5", "b", centres[2:], 10, rng)
-    df = cluster_patient([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "p.tsv",
-                         n_clusters=4, seed=0)
+    df = cluster_patient(
+        [tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "p.tsv", n_clusters=4, seed=0
+    )
     assert df.columns.tolist() == ["slide_id", "patch_index", "cluster"]
     assert df["slide_id"].tolist() == ["a"] * 20 + ["b"] * 20
     assert df["patch_index"].tolist() == list(range(20)) * 2
@@ -43,7 +44,12 @@ def test_clustering_is_seeded_and_handles_few_patches():
 
 
 def test_empty_patient_gives_empty_table(tmp_path):
-    write_features(tmp_path / "e.h5", "e", {s: np.zeros((0, 4), np.float32) for s in SCALES},
-                   np.zeros((0, 2)), {})
+    write_features(
+        tmp_path / "e.h5",
+        "e",
+        {s: np.zeros((0, 4), np.float32) for s in SCALES},
+        np.zeros((0, 2)),
+        {},
+    )
     df = cluster_patient([tmp_path / "e.h5"], tmp_path / "p.tsv", n_clusters=8, seed=0)
     assert len(df) == 0 and (tmp_path / "p.tsv").exists()

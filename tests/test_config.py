@@ -43,10 +43,13 @@ def write_sheet(path, rows):
 
 def test_sample_sheet_errors_name_the_row(tmp_path):
     sheet = tmp_path / "s.tsv"
-    write_sheet(sheet, [
-        {"slide_id": "a", "patient_id": "p1", "path": "a.svs", "label": 1},
-        {"slide_id": "b c", "patient_id": "p2", "path": "b.svs", "label": 2},
-    ])
+    write_sheet(
+        sheet,
+        [
+            {"slide_id": "a", "patient_id": "p1", "path": "a.svs", "label": 1},
+            {"slide_id": "b c", "patient_id": "p2", "path": "b.svs", "label": 2},
+        ],
+    )
     with pytest.raises(ConfigError, match=r"row 3 \(slide 'b c'\)"):
         load_sample_sheet(sheet)
 
@@ -56,28 +59,49 @@ def test_sample_sheet_checks_columns_duplicates_and_patient_labels(tmp_path):
     write_sheet(sheet, [{"slide_id": "a", "path": "a.svs", "label": 1}])
     with pytest.raises(ConfigError, match="patient_id"):
         load_sample_sheet(sheet)
-    write_sheet(sheet, [
-        {"slide_id": "a", "patient_id": "p1", "path": "a.svs", "label": 1},
-        {"slide_id": "a", "patient_id": "p2", "path": "b.svs", "label": 0},
-    ])
+    write_sheet(
+        sheet,
+        [
+            {"slide_id": "a", "patient_id": "p1", "path": "a.svs", "label": 1},
+            {"slide_id": "a", "patient_id": "p2", "path": "b.svs", "label": 0},
+        ],
+    )
     with pytest.raises(ConfigError, match="unique"):
         load_sample_sheet(sheet)
-    write_sheet(sheet, [
-        {"slide_id": "a", "patient_id": "p1", "path": "a.svs", "label": 1},
-        {"slide_id": "b", "patient_id": "p1", "path": "b.svs", "label": 0},
-    ])
+    write_sheet(
+        sheet,
+        [
+            {"slide_id": "a", "patient_id": "p1", "path": "a.svs", "label": 1},
+            {"slide_id": "b", "patient_id": "p1", "path": "b.svs", "label": 0},
+        ],
+    )
     with pytest.raises(ConfigError, match="p1"):
         load_sample_sheet(sheet)
 
 
 def test_sample_sheet_parses_optional_columns(tmp_path):
     sheet = tmp_path / "s.tsv"
-    write_sheet(sheet, [
-        {"slide_id": "a", "patient_id": "p1", "path": "a.svs", "label": 1, "pretrain": "true",
-         "mpp": "0.25"},
-        {"slide_id": "b", "patient_id": "p2", "path": "b.svs", "label": 0, "pretrain": "",
-         "mpp": ""},
-    ])
+    write_sheet(
+        sheet,
+        [
+            {
+                "slide_id": "a",
+                "patient_id": "p1",
+                "path": "a.svs",
+                "label": 1,
+                "pretrain": "true",
+                "mpp": "0.25",
+            },
+            {
+                "slide_id": "b",
+                "patient_id": "p2",
+                "path": "b.svs",
+                "label": 0,
+                "pretrain": "",
+                "mpp": "",
+            },
+        ],
+    )
     df = load_sample_sheet(sheet)
     assert df["pretrain"].tolist() == [True, False]
     assert df.loc[0, "mpp"] == 0.25 and pd.isna(df.loc[1, "mpp"])

@@ -26,8 +26,9 @@ def test_patch_store_roundtrip_streamed(tmp_path):
         assert ps.attrs["slide_id"] == "s"
         assert ps.coords.dtype == np.int64 and ps.coords[3].tolist() == [100, 101]
         np.testing.assert_array_equal(ps.read("10x")[:3], a["10x"])
-        np.testing.assert_array_equal(ps.read("5x", np.array([4, 0, 4])),
-                                      np.stack([b["5x"][1], a["5x"][0], b["5x"][1]]))
+        np.testing.assert_array_equal(
+            ps.read("5x", np.array([4, 0, 4])), np.stack([b["5x"][1], a["5x"][0], b["5x"][1]])
+        )
         batches = list(ps.iter_batches("20x", 5))
         assert [len(x) for x in batches] == [5, 2]
 
@@ -48,7 +49,10 @@ def test_failed_write_leaves_no_file(tmp_path):
 
 
 def test_patch_store_rejects_wrong_shapes(tmp_path):
-    with PatchStoreWriter(tmp_path / "s.h5", patch_px=8) as w, pytest.raises(ValueError, match="uint8"):
+    with (
+        PatchStoreWriter(tmp_path / "s.h5", patch_px=8) as w,
+        pytest.raises(ValueError, match="uint8"),
+    ):
         w.append(np.zeros((1, 2)), random_patches(np.random.default_rng(0), 1, p=4))
 
 

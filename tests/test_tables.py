@@ -13,13 +13,21 @@ def metrics(tmp_path, name, auc, ap):
 
 def test_table5_layout_and_mean(tmp_path):
     m = {
-        "microset": {"csmil": metrics(tmp_path, "a", 0.9, 0.8),
-                     "deepattnmisl_20x": metrics(tmp_path, "b", 1.0, 1.0)},
+        "microset": {
+            "csmil": metrics(tmp_path, "a", 0.9, 0.8),
+            "deepattnmisl_20x": metrics(tmp_path, "b", 1.0, 1.0),
+        },
         "macroset": {"csmil": metrics(tmp_path, "c", 0.7, 0.6)},
     }
     df = table5(m, ["csmil", "deepattnmisl_20x"], {"micro": "microset", "macro": "macroset"})
-    assert df.columns.tolist() == ["method", "micro_auc", "micro_ap", "macro_auc", "macro_ap",
-                                   "mean"]
+    assert df.columns.tolist() == [
+        "method",
+        "micro_auc",
+        "micro_ap",
+        "macro_auc",
+        "macro_ap",
+        "mean",
+    ]
     assert df.loc[0].tolist() == ["csmil", 0.9, 0.8, 0.7, 0.6, np.mean([0.9, 0.8, 0.7, 0.6])]
     assert np.isnan(df.loc[1, "macro_auc"]) and np.isnan(df.loc[1, "mean"])
 

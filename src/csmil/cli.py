@@ -41,31 +41,55 @@ def _encoder_map(items: Sequence[str]) -> dict[str, str]:
 def cmd_toy_slide(a: argparse.Namespace) -> object:
     from csmil.toy import make_toy_slide
 
-    return make_toy_slide(a.out_svs, a.out_mask, cohort=a.cohort, label=a.label, seed=a.seed,
-                          size_px=a.size_px)
+    return make_toy_slide(
+        a.out_svs, a.out_mask, cohort=a.cohort, label=a.label, seed=a.seed, size_px=a.size_px
+    )
 
 
 def cmd_tile(a: argparse.Namespace) -> object:
     from csmil.tiling import tile_slide
 
-    return tile_slide(a.slide, a.out, patch_px=a.patch_px, tissue_threshold=a.tissue_threshold,
-                      mask_mpp=a.mask_mpp, slide_id=a.slide_id, mpp_override=a.mpp)
+    return tile_slide(
+        a.slide,
+        a.out,
+        patch_px=a.patch_px,
+        tissue_threshold=a.tissue_threshold,
+        mask_mpp=a.mask_mpp,
+        slide_id=a.slide_id,
+        mpp_override=a.mpp,
+    )
 
 
 def cmd_train_encoder(a: argparse.Namespace) -> object:
     from csmil.simsiam import train_simsiam
 
-    return train_simsiam(a.patch_stores, scale=a.scale, out_path=a.out, backbone=a.backbone,
-                         epochs=a.epochs, batch_size=a.batch_size, base_lr=a.base_lr,
-                         warmup_epochs=a.warmup_epochs, max_patches=a.max_patches, seed=a.seed,
-                         device=a.device, num_threads=a.threads)
+    return train_simsiam(
+        a.patch_stores,
+        scale=a.scale,
+        out_path=a.out,
+        backbone=a.backbone,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        base_lr=a.base_lr,
+        warmup_epochs=a.warmup_epochs,
+        max_patches=a.max_patches,
+        seed=a.seed,
+        device=a.device,
+        num_threads=a.threads,
+    )
 
 
 def cmd_embed(a: argparse.Namespace) -> object:
     from csmil.embed import embed_slide
 
-    return embed_slide(a.patches, _encoder_map(a.encoder), a.out, batch_size=a.batch_size,
-                       device=a.device, num_threads=a.threads)
+    return embed_slide(
+        a.patches,
+        _encoder_map(a.encoder),
+        a.out,
+        batch_size=a.batch_size,
+        device=a.device,
+        num_threads=a.threads,
+    )
 
 
 def cmd_cluster(a: argparse.Namespace) -> object:
@@ -82,8 +106,11 @@ def cmd_validate(a: argparse.Namespace) -> object:
     out: dict[str, object] = {"config": a.config, "datasets": list(cfg["datasets"])}
     for sheet in a.samples or []:
         df = load_sample_sheet(sheet)
-        out[sheet] = {"slides": len(df), "patients": int(df["patient_id"].nunique()),
-                      "positive_patients": int(df.groupby("patient_id")["label"].first().sum())}
+        out[sheet] = {
+            "slides": len(df),
+            "patients": int(df["patient_id"].nunique()),
+            "positive_patients": int(df.groupby("patient_id")["label"].first().sum()),
+        }
     return out
 
 
@@ -97,8 +124,11 @@ def cmd_models(a: argparse.Namespace) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="csmil", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="csmil",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"csmil {__version__}")
     p.add_argument("--log", help="also write the log to this file")
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,13 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("slide")
     s.add_argument("out", help="patch store (.h5) to write")
     s.add_argument("--patch-px", type=int, default=64, help="patch side in px (default 64)")
-    s.add_argument("--tissue-threshold", type=float, default=0.25,
-                   help="tissue fraction of a 20x tile to keep it (default 0.25)")
-    s.add_argument("--mask-mpp", type=float, default=8.0,
-                   help="µm/px of the tissue-mask thumbnail (default 8)")
+    s.add_argument(
+        "--tissue-threshold",
+        type=float,
+        default=0.25,
+        help="tissue fraction of a 20x tile to keep it (default 0.25)",
+    )
+    s.add_argument(
+        "--mask-mpp", type=float, default=8.0, help="µm/px of the tissue-mask thumbnail (default 8)"
+    )
     s.add_argument("--slide-id", default=None)
-    s.add_argument("--mpp", type=float, default=None,
-                   help="level-0 µm/px when the slide lacks it")
+    s.add_argument("--mpp", type=float, default=None, help="level-0 µm/px when the slide lacks it")
     s.set_defaults(func=cmd_tile)
 
     s = sub.add_parser("train-encoder", help="SimSiam encoder of one scale")

@@ -33,8 +33,9 @@ def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarra
     n_distinct = len(np.unique(features, axis=0))
     k = min(n_clusters, n_distinct)
     if k < n_clusters:
-        log.warning("only %d distinct patches: using %d clusters instead of %d", n_distinct, k,
-                    n_clusters)
+        log.warning(
+            "only %d distinct patches: using %d clusters instead of %d", n_distinct, k, n_clusters
+        )
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
     km = KMeans(n_clusters=k, random_state=seed, n_init=10)

@@ -122,10 +122,14 @@ def validate_sample_sheet(
         row = _coerce_row(raw)
         for err in validator.iter_errors(row):
             where = ".".join(map(str, err.path)) or "row"
-            problems.append(f"  - row {i + 2} (slide {raw.get('slide_id')!r}), {where}: {err.message}")
+            problems.append(
+                f"  - row {i + 2} (slide {raw.get('slide_id')!r}), {where}: {err.message}"
+            )
         rows.append(row)
     if problems:
-        raise ConfigError(f"{source}: invalid rows (line numbers count the header):\n" + "\n".join(problems))
+        raise ConfigError(
+            f"{source}: invalid rows (line numbers count the header):\n" + "\n".join(problems)
+        )
     out = pd.DataFrame(rows)
     dup = out["slide_id"][out["slide_id"].duplicated()].unique()
     if len(dup):

@@ -75,7 +75,7 @@ def seed_everything(seed: int) -> np.random.Generator:
     import torch
 
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - third-party code may use the global RNG
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 

@@ -114,9 +114,7 @@ def update_splits(
     return out
 
 
-def fold_roles(
-    splits: pd.DataFrame, fold: int, n_folds: int | None = None
-) -> dict[str, list[str]]:
+def fold_roles(splits: pd.DataFrame, fold: int, n_folds: int | None = None) -> dict[str, list[str]]:
     """Patient ids of the ``train``, ``val`` and ``test`` sets of one fold."""
     k = n_folds if n_folds is not None else (int(splits["fold"].max()) + 1 if len(splits) else 0)
     if not 0 <= fold < k:

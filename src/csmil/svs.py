@@ -16,8 +16,9 @@ from PIL import Image
 from csmil.io import atomic_path
 
 
-def aperio_description(width: int, height: int, tile: int, mpp: float, app_mag: float,
-                       quality: int) -> str:
+def aperio_description(
+    width: int, height: int, tile: int, mpp: float, app_mag: float, quality: int
+) -> str:
     """The ImageDescription of an Aperio base page."""
     return (
         f"Aperio Image Library v12.0.0 \r\n{width}x{height} [0,0 {width}x{height}] "

@@ -14,8 +14,9 @@ from csmil.io import atomic_path, read_tsv
 log = logging.getLogger(__name__)
 
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f", title: str | None = None,
-                footnotes: Sequence[str] = ()) -> str:
+def to_markdown(
+    df: pd.DataFrame, floatfmt: str = ".4f", title: str | None = None, footnotes: Sequence[str] = ()
+) -> str:
     """A GitHub-flavoured Markdown table (no extra dependency); NaN shows as ``n/a``."""
 
     def cell(v) -> str:
@@ -25,15 +26,18 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f", title: str | None = Non
 
     lines = [f"**{title}**", ""] if title else []
     lines.append("| " + " | ".join(map(str, df.columns)) + " |")
-    lines.append("|" + "|".join("---" if df[c].dtype == object else "---:" for c in df.columns) + "|")
+    lines.append(
+        "|" + "|".join("---" if df[c].dtype == object else "---:" for c in df.columns) + "|"
+    )
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     lines += ["", *footnotes] if footnotes else []
     return "\n".join(lines) + "\n"
 
 
-def write_table(df: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
-                **md_kwargs) -> None:
+def write_table(
+    df: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike, **md_kwargs
+) -> None:
     """Write a table as CSV and Markdown, both atomically."""
     with atomic_path(csv_path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
@@ -73,5 +77,6 @@ def table5(
         vals = [row[c] for c in ("micro_auc", "micro_ap", "macro_auc", "macro_ap")]
         row["mean"] = float(np.mean(vals)) if not np.any(np.isnan(vals)) else np.nan
         rows.append(row)
-    return pd.DataFrame(rows, columns=["method", "micro_auc", "micro_ap", "macro_auc", "macro_ap",
-                                       "mean"])
+    return pd.DataFrame(
+        rows, columns=["method", "micro_auc", "micro_ap", "macro_auc", "macro_ap", "mean"]
+    )

@@ -1,0 +1,109 @@
+"""The whole workflow on the tiny configuration: every stage real, end to end."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "config" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [
+        *SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        "--cores",
+        "2",
+        *args,
+    ]
+    env = {**os.environ, "CSMIL_NO_PROGRESS": "1"}
+    return subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    proc = snakemake(workdir)
+    if proc.returncode != 0:
+        logs = "\n".join(
+            f"--- {p}\n{p.read_text()[-3000:]}"
+            for p in sorted(workdir.glob("logs/**/*.log"))
+            if "Error" in p.read_text() or "Traceback" in p.read_text()
+        )
+        pytest.fail(f"workflow failed:\n{proc.stderr[-6000:]}\n{logs}")
+    return workdir
+
+
+def test_table5_has_real_numbers(tiny_run):
+    df = pd.read_csv(tiny_run / "results" / "tables" / "table5.csv")
+    assert df["method"].tolist() == [
+        "csmil",
+        "deepattnmisl_20x",
+        "deepattnmisl_10x",
+        "deepattnmisl_5x",
+    ]
+    values = df[["micro_auc", "micro_ap", "macro_auc", "macro_ap"]].to_numpy()
+    assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
+    np.testing.assert_allclose(df["mean"], values.mean(axis=1))
+    md = (tiny_run / "results" / "tables" / "table5.md").read_text()
+    assert "| csmil |" in md
+
+
+def test_every_stage_left_its_outputs(tiny_run):
+    from csmil.featurestore import read_features
+    from csmil.patchstore import open_patch_store
+
+    res = tiny_run / "results"
+    slides = sorted((res / "micro" / "slides").glob("*.svs"))
+    assert len(slides) == 6
+    for svs in slides:
+        sid = svs.stem
+        with open_patch_store(res / "micro" / "patches" / f"{sid}.h5") as ps:
+            n = ps.n
+            assert ps.patch_px == 32 and n > 0
+        feats = read_features(res / "micro" / "features" / f"{sid}.h5")
+        assert feats.n == n and feats.dim == 512
+    assert sorted(p.name for p in (res / "encoders" / "toy").glob("*.pt")) == [
+        "10x.pt",
+        "20x.pt",
+        "5x.pt",
+    ]
+    splits = pd.read_csv(res / "micro" / "splits.tsv", sep="\t")
+    assert sorted(splits["fold"].unique()) == [0, 1, 2]
+    preds = pd.concat(
+        pd.read_csv(p, sep="\t")
+        for p in (res / "micro" / "mil" / "csmil").glob("fold*/predictions.tsv")
+    )
+    assert sorted(preds["patient_id"]) == sorted(splits["patient_id"])
+    assert preds["prob"].between(0, 1).all()
+    att = pd.read_csv(res / "micro" / "mil" / "csmil" / "fold0" / "attention.tsv", sep="\t")
+    assert {"instance", "scale_20x", "scale_10x", "scale_5x"} <= set(att.columns)
+    assert (tiny_run / "logs" / "train_mil").exists()
+
+
+def test_second_run_has_nothing_to_do(tiny_run):
+    proc = snakemake(tiny_run, "-n")
+    assert proc.returncode == 0, proc.stderr
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_lint_is_clean(tmp_path):
+    shutil.copy(TINY, tmp_path / "tiny.yaml")
+    proc = snakemake(tmp_path, "--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
