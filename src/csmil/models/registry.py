@@ -11,14 +11,24 @@ from csmil import SCALES
 from csmil.models.base import MILModel
 from csmil.models.csmil_model import CSMIL
 from csmil.models.deepattnmisl import MSDAMIL, DeepAttnMISL, DeepAttnMISLMulti
+from csmil.models.dsmil import DSMIL
+from csmil.models.dtfd import DTFD
+from csmil.models.gated_attention import GatedAttentionMIL
+from csmil.models.hagmil import HAGMIL
+from csmil.models.hipt import HIPT
 
 #: Registry name -> model class (paper §5.1 order). Keys are the config's method names.
 MIL_MODELS: dict[str, type[MILModel]] = {
     cls.name: cls
     for cls in (
         DeepAttnMISL,
+        GatedAttentionMIL,
         DeepAttnMISLMulti,
         MSDAMIL,
+        DSMIL,
+        DTFD,
+        HIPT,
+        HAGMIL,
         CSMIL,
     )
 }
