@@ -35,7 +35,7 @@ def encoders(tmp_path_factory):
         paths[s] = d / f"{s}.pt"
         train_simsiam(
             [train_store], s, paths[s], epochs=1, batch_size=8, warmup_epochs=0,
-            schedule_epochs=None, seed=i, num_threads=2,
+            schedule_epochs=None, seed=i, num_threads=1,
         )  # fmt: skip
     return paths
 

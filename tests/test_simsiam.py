@@ -23,7 +23,9 @@ from csmil.simsiam import (
 )
 
 PX = 32
-FAST = dict(epochs=2, batch_size=8, warmup_epochs=0, schedule_epochs=None, num_threads=2)
+FAST = dict(
+    epochs=2, batch_size=8, max_patches=16, warmup_epochs=0, schedule_epochs=None, num_threads=1
+)
 
 
 def make_store(path, n, px=PX, seed=0):
@@ -138,7 +140,8 @@ def test_training_writes_history_and_contract_checkpoint(trained):
     assert list(hist.columns) == ["epoch", "loss", "lr", "seconds"]
     assert hist["epoch"].tolist() == [1, 2]
     assert all(math.isfinite(v) and -1 <= v <= 1 for v in hist["loss"])
-    assert summary["n_patches"] == 40 and summary["batch_size"] == 8
+    assert summary["n_patches"] == 16 and summary["n_patches_available"] == 40
+    assert summary["batch_size"] == 8
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["kind"] == "simsiam-encoder" and ckpt["backbone"] == "resnet18"
     assert ckpt["scale"] == "20x" and ckpt["patch_px"] == PX and ckpt["feature_dim"] == 512
@@ -147,20 +150,20 @@ def test_training_writes_history_and_contract_checkpoint(trained):
     assert summary["encoder_id"] == encoder_id(ckpt) and len(summary["encoder_id"]) == 12
 
 
-def test_checkpoint_round_trip_gives_identical_features(stores, tmp_path):
-    out = tmp_path / "enc.pt"
-    torch.manual_seed(0)
-    train_simsiam(stores[:1], "10x", out, seed=1, **{**FAST, "epochs": 1})
+def test_checkpoint_round_trip_gives_identical_features(trained):
+    out, _ = trained
+    ckpt = torch.load(out, weights_only=True)
     net, meta = load_encoder(out)
-    assert not net.training and meta["scale"] == "10x"
+    assert not net.training and meta["scale"] == "20x" and "state_dict" not in meta
+    fresh, _ = build_backbone("resnet18")
+    fresh.load_state_dict(ckpt["state_dict"])
     x = normalize(torch.randint(0, 256, (5, 3, PX, PX), dtype=torch.uint8))
     with torch.inference_mode():
-        f1 = net(x)
-    net2, meta2 = load_encoder(out)
-    with torch.inference_mode():
-        f2 = net2(x)
+        f1, f2 = net(x), fresh.eval()(x)
+        f0 = build_backbone("resnet18")[0].eval()(x)
     assert f1.shape == (5, 512) and torch.equal(f1, f2)
-    assert meta["encoder_id"] == meta2["encoder_id"]
+    assert not torch.allclose(f1, f0)  # the trained weights, not a fresh initialisation
+    assert meta["encoder_id"] == load_encoder(out)[1]["encoder_id"]
 
 
 def test_same_seed_gives_identical_weights(stores, trained, tmp_path):
@@ -175,10 +178,10 @@ def test_same_seed_gives_identical_weights(stores, trained, tmp_path):
 
 
 def test_max_patches_small_batch_and_too_few(stores, tmp_path, caplog):
-    s = train_simsiam(stores, "5x", tmp_path / "m.pt", max_patches=6, **{**FAST, "epochs": 1})
+    s = train_simsiam(stores, "5x", tmp_path / "m.pt", **{**FAST, "epochs": 1, "max_patches": 6})
     assert s["n_patches"] == 6 and s["batch_size"] == 6 and s["n_patches_available"] == 40
     assert "batch size reduced" in caplog.text
-    one = {**FAST, "epochs": 1, "seed": 7}
+    one = {**FAST, "epochs": 1, "seed": 7, "max_patches": None}
     cached = train_simsiam(stores, "5x", tmp_path / "c.pt", **one)
     lazy = train_simsiam(stores, "5x", tmp_path / "l.pt", cache_mb=0, **one)
     assert lazy["n_patches"] == 40 and lazy["encoder_id"] == cached["encoder_id"]
@@ -186,3 +189,22 @@ def test_max_patches_small_batch_and_too_few(stores, tmp_path, caplog):
     with pytest.raises(ValueError, match="at least 2 patches"):
         train_simsiam([empty], "20x", tmp_path / "e.pt", **FAST)
     assert not (tmp_path / "e.pt").exists()
+
+
+@pytest.mark.parametrize("max_patches", [2, 30, None])
+def test_patch_sample_cache_equals_lazy_reads(stores, max_patches):
+    from csmil.patchstore import open_patch_store
+    from csmil.simsiam import _PatchSample
+
+    cached = _PatchSample(stores, "10x", max_patches, 4096, np.random.default_rng(0))
+    lazy = _PatchSample(stores, "10x", max_patches, 0, np.random.default_rng(0))
+    assert cached.in_memory and not lazy.in_memory
+    assert len(cached) == (40 if max_patches is None else max_patches)
+    assert len(np.unique(cached.refs, axis=0)) == len(cached)  # drawn without replacement
+    idx = np.arange(len(cached))[::-1]
+    got = cached.batch(idx)
+    assert np.array_equal(got, lazy.batch(idx))
+    lazy.close()
+    store_i, row = cached.refs[idx[0]]
+    with open_patch_store(stores[store_i]) as st:
+        assert np.array_equal(got[0], st.read("10x", np.array([row]))[0])

@@ -148,7 +148,8 @@ class _PatchSample:
         self.stores, self.scale = list(stores), scale
         self.in_memory = n * self.patch_px**2 * 3 <= cache_mb * 2**20
         self._open: dict[int, Any] = {}
-        self._cache = self._read(np.arange(n)) if self.in_memory and n else None
+        self._counts = counts
+        self._cache = self._read_all() if self.in_memory and n else None
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -164,6 +165,26 @@ class _PatchSample:
             if s not in self._open:
                 self._open[s] = open_patch_store(self.stores[s])
             out[rows] = self._open[s].read(self.scale, refs[rows, 1])
+        return out
+
+    def _read_all(self) -> np.ndarray:
+        """All drawn patches, store by store. A store of which at least a tenth is drawn is
+        read in contiguous blocks (decompressing every chunk once is then cheaper than
+        h5py's point selections); a sparsely drawn one by index, in blocks."""
+        out = np.empty((len(self.refs), self.patch_px, self.patch_px, 3), dtype=np.uint8)
+        block = 1024
+        for s in progress(np.unique(self.refs[:, 0]), f"reading {self.scale} patches"):
+            rows = np.flatnonzero(self.refs[:, 0] == s)
+            local = self.refs[rows, 1]  # sorted, unique
+            with open_patch_store(self.stores[s]) as st:
+                if len(local) * 10 >= self._counts[s]:
+                    for lo, arr in enumerate(st.iter_batches(self.scale, block)):
+                        lo *= block
+                        sel = (local >= lo) & (local < lo + len(arr))
+                        out[rows[sel]] = arr[local[sel] - lo]
+                else:
+                    for i in range(0, len(local), block):
+                        out[rows[i : i + block]] = st.read(self.scale, local[i : i + block])
         return out
 
     def close(self) -> None:
@@ -193,8 +214,28 @@ def train_simsiam(
     """Train a SimSiam encoder on the ``scale`` patches of ``patch_stores``; save its backbone.
 
     Writes the checkpoint ``out_path`` and the history ``history_path(out_path)`` (columns
-    epoch, loss, lr, seconds) atomically. ``schedule_epochs`` (None: ``epochs``) is the length
-    of the cosine schedule; training stops after ``epochs``. Returns a summary dict.
+    epoch, loss (mean over the epoch's steps), lr (encoder lr of its last step), seconds)
+    atomically.
+
+    Args:
+        patch_stores: patch stores of the pretraining slides; all must share ``patch_px``.
+        scale: which patches to train on (one encoder per scale).
+        epochs: epochs actually run (the authors' ``stop_at_epoch``, 200).
+        schedule_epochs: length of the warm-up + cosine schedule (the authors' ``num_epochs``,
+            800); None means ``epochs``, i.e. the cosine reaches 0 at the end.
+        batch_size: patches per step (two views each), reduced with a warning when fewer
+            patches exist; the last incomplete batch of an epoch is dropped.
+        base_lr: lr per 256 patches; the encoder lr is ``base_lr × batch_size / 256``.
+        max_patches: use at most this many patches, a seeded uniform draw over all stores.
+        cache_mb: hold the drawn patches in memory when their uint8 pixels fit, else read
+            every batch from the stores.
+        augment: :class:`AugmentConfig` or a dict of its fields.
+        device: "auto", "cpu" or "cuda" (AMP float16 and pinned memory on CUDA).
+        num_threads: torch intra-op threads (None: leave as is).
+
+    Returns:
+        Summary: encoder_id, n_patches(_available), batch_size, final_loss, patches_per_s
+        (source patches per training second), seconds, device, history path.
     """
     t_start = time.perf_counter()
     set_threads(num_threads)
