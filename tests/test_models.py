@@ -395,3 +395,19 @@ def test_hagmil_hard_guidance_zooms_into_the_most_attended_locations():
     soft = build("hagmil", {"guidance": "soft"}).eval()
     with torch.no_grad():
         assert (soft(batch).attention["scale"][0] > 0).all()
+
+
+def test_load_rejects_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_mil_checkpoint(tmp_path / "missing.pt")
+    foreign = tmp_path / "encoder.pt"
+    torch.save({"kind": "simsiam-encoder", "state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="simsiam-encoder"):
+        load_mil_checkpoint(foreign)
+    broken = tmp_path / "broken.pt"
+    torch.save(
+        {"kind": "mil-model", "name": "csmil", "in_dim": D, "options": {}, "state_dict": {}},
+        broken,
+    )
+    with pytest.raises(ValueError, match="(?s)cannot rebuild.*Missing key"):
+        load_mil_checkpoint(broken)

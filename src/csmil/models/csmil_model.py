@@ -44,7 +44,9 @@ class CSMIL(MILModel):
             f_s (Table 3 mean-vector, no scorer); ``"concat"`` concatenation [f_20x; f_10x;
             f_5x] (Table 3 concatenation, no scorer): the 192-d vector is the instance feature
             itself, so instance attention and head take 192 inputs (Linear(192, 32) each) and
-            no extra projection layer is added (143,554 params at 2048).
+            no extra projection layer is added (143,554 params at 2048). With mean or concat
+            fusion there is no scorer, so ``scale_activation`` and ``scale_normalisation``
+            have no effect.
 
     Attention: ``"instance"`` ``(B, N)``; ``"scale"`` ``(B, N, 3)`` the softmax over scales of
     the scale scores (the weights themselves with ``scale_normalisation="softmax"``; the

@@ -49,8 +49,9 @@ class HIPT(MILModel):
        bags carry no coordinates), gated attention pooling 64 -> 64, rho Linear(64, 64) + ReLU
        + Dropout, classifier Linear(64, 1) + sigmoid.
 
-    Sizes follow HIPT's aggregator (feed-forward = model width, 64-d heads' total, 2 global
-    layers, dropout 0.25) at the DeepAttnMISL width of 64. 219,586 parameters at D = 2048.
+    Sizes follow HIPT's aggregator (feed-forward width = model width, 2 global layers, gated
+    attention L = D, dropout 0.25) at the DeepAttnMISL width of 64 instead of HIPT's 192.
+    219,586 parameters at D = 2048.
 
     Attention: ``"instance"`` ``(B, N)`` the global gated attention.
 
