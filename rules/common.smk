@@ -124,13 +124,9 @@ def patient_feature_map(wildcards):
     }
 
 
-def method_spec(method):
-    """Registry model name and options for a configured method name."""
-    variant = config["mil"].get("variants", {}).get(method)
-    if variant is not None:
-        opts = dict(variant)
-        return opts.pop("model"), opts
-    return method, {}
+def patient_phenotype_map(wildcards):
+    """patient id -> its phenotype table, for the training script."""
+    return {p: phenotype_table(wildcards.dataset, p) for p in patients(wildcards.dataset)}
 
 
 def mil_dir(dataset, method, fold):

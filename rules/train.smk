@@ -21,8 +21,8 @@ rule train_mil:
         runtime=120,
     params:
         patients=patient_feature_map,
-        phenotype_dir=lambda w: f"{RESULTS}/{w.dataset}/phenotypes",
-        spec=lambda w: method_spec(w.method),
+        phenotypes=patient_phenotype_map,
+        options=lambda w: config["mil"]["variants"].get(w.method, {}),
         n_folds=N_FOLDS,
         train={
             k: config["mil"][k]

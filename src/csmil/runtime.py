@@ -100,7 +100,7 @@ def versions() -> dict[str, str]:
         "csmil": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "scikit-learn": sklearn.__version__,
         "h5py": h5py.__version__,
     }
