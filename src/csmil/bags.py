@@ -298,10 +298,14 @@ class PatientBagSource:
         valid = index >= 0
         width = int(valid.sum(axis=1).max(initial=0))
         index, valid = index[:, :width], valid[:, :width]
-        idx = torch.from_numpy(np.where(valid, index, self.n_total)).to(self.device)
+        flat = torch.from_numpy(np.where(valid, index, self.n_total).ravel()).to(self.device)
+        shape = valid.shape
         return MILBatch(
-            features={s: f[idx] for s, f in self._features.items()},  # (B, N, D)
-            clusters=self._clusters[idx],  # (B, N)
+            features={
+                s: f.index_select(0, flat).view(*shape, f.shape[1])  # (B, N, D)
+                for s, f in self._features.items()
+            },
+            clusters=self._clusters.index_select(0, flat).view(shape),  # (B, N)
             mask=torch.from_numpy(valid).to(self.device),  # (B, N)
         )
 

@@ -1,0 +1,215 @@
+"""Fold training: learns a separable toy problem, selects the lowest validation loss, writes the
+documented tables and a loadable checkpoint."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import csmil.train as train_mod
+from csmil import SCALES
+from csmil.bags import EmptyPatientError, PatientBags, PatientBagSource
+from csmil.io import read_tsv
+from csmil.models import MILOutput, load_mil_checkpoint
+from csmil.train import (
+    ATTENTION_COLUMNS,
+    HISTORY_COLUMNS,
+    PREDICTION_COLUMNS,
+    attention_table,
+    bag_nll,
+    fold_partition,
+    model_loss,
+    train_fold,
+)
+
+DIM = 16
+
+
+def make_cohort(n_patients=40, n_folds=4, seed=0, empty=()):
+    """Positive patients have 6 patches (their own cluster 7) with a shifted mean; folds are
+    label-balanced."""
+    rng = np.random.default_rng(seed)
+    patients, rows = [], []
+    for i in range(n_patients):
+        pid, label = f"P{i:02d}", i % 2
+        n = 0 if pid in empty else int(rng.integers(20, 41))
+        clusters = rng.integers(0, 7, size=n)
+        feats = {s: rng.normal(size=(n, DIM)).astype(np.float32) for s in SCALES}
+        if label and n:
+            clusters[:6] = 7
+            for s in SCALES:
+                feats[s][:6, :4] += 2.0
+        slides = np.array([f"{pid}_a"] * (n // 2) + [f"{pid}_b"] * (n - n // 2), dtype=object)
+        patch = np.concatenate([np.arange(n // 2), np.arange(n - n // 2)])
+        patients.append(
+            PatientBags(
+                pid,
+                label,
+                feats,
+                clusters.astype(np.int64),
+                slides,
+                patch,
+                {f"{pid}_a": n // 2, f"{pid}_b": n - n // 2},
+            )
+        )
+        rows.append((pid, label, (i // 2) % n_folds))
+    return patients, pd.DataFrame(rows, columns=["patient_id", "label", "fold"])
+
+
+@pytest.mark.parametrize("method", ["csmil", "deepattnmisl_20x"])
+def test_learns_a_separable_problem_and_writes_documented_outputs(tmp_path, method):
+    patients, splits = make_cohort()
+    summary = train_fold(
+        patients,
+        splits,
+        0,
+        method,
+        out_dir=tmp_path,
+        epochs=40,
+        n_test_bags=20,
+        seed=3,
+        num_threads=1,
+        device="cpu",
+    )
+    preds = read_tsv(tmp_path / "predictions.tsv", dtype={"patient_id": str})
+    assert list(preds.columns) == list(PREDICTION_COLUMNS)
+    assert sorted(preds["patient_id"]) == sorted(splits.loc[splits["fold"] == 0, "patient_id"])
+    assert (preds["fold"] == 0).all() and len(preds) == 10
+    assert roc_auc_score(preds["label"], preds["prob"]) > 0.9
+    assert (
+        (preds["prob_median"] <= preds["prob_max"]) & (preds["prob"] <= preds["prob_max"])
+    ).all()
+    n_patches = {p.patient_id: p.n for p in patients}
+    assert (preds["n_patches"] == preds["patient_id"].map(n_patches)).all()
+
+    hist = read_tsv(tmp_path / "history.tsv")
+    assert list(hist.columns) == list(HISTORY_COLUMNS) and len(hist) == 40
+    assert hist["best"].sum() == 1
+    best = hist.loc[hist["best"], "epoch"].item()
+    assert best == hist.loc[hist["val_loss"] == hist["val_loss"].min(), "epoch"].max()
+    assert summary["best_epoch"] == best and summary["n_train"] == 20
+
+    att = read_tsv(tmp_path / "attention.tsv", dtype={"patient_id": str, "slide_id": str})
+    assert list(att.columns) == list(ATTENTION_COLUMNS)
+    assert set(att["patient_id"]) == set(preds["patient_id"])
+    assert (att["n_bags"].between(1, 20)).all() and att["instance"].between(0, 1).all()
+    assert not att.duplicated(["patient_id", "slide_id", "patch_index"]).any()
+    scales = att[[f"scale_{s}" for s in SCALES]]
+    if method == "csmil":
+        np.testing.assert_allclose(scales.sum(axis=1), 1.0, rtol=1e-5)
+    else:
+        assert scales.isna().all().all()
+    # positive patients attend more to their shifted patches (cluster 7, patch rows 0-5)
+    pos = att[att["patient_id"].isin(preds.loc[preds["label"] == 1, "patient_id"])]
+    signal = (pos["slide_id"].str.endswith("_a")) & (pos["patch_index"] < 6)
+    assert pos.loc[signal, "instance"].mean() > 5 * pos.loc[~signal, "instance"].mean()
+
+    model, meta = load_mil_checkpoint(tmp_path / "model.pt")
+    assert meta["config"]["best_epoch"] == best and meta["config"]["method"] == method
+    assert set(meta["config"]["test_patients"]) == set(preds["patient_id"])
+    assert meta["name"] == summary["model"] and meta["in_dim"] == DIM
+
+
+def test_keeps_the_weights_of_the_lowest_validation_loss_later_ties_win(tmp_path, monkeypatch):
+    patients, splits = make_cohort(n_patients=16)
+    losses = iter([0.5, 0.3, 0.4, 0.3, 0.6])
+    states = []
+
+    def fake_val_loss(model, *args):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(losses)
+
+    monkeypatch.setattr(train_mod, "_epoch_val_loss", fake_val_loss)
+    train_fold(patients, splits, 1, "csmil", out_dir=tmp_path, epochs=5, n_test_bags=2, seed=0)
+    hist = read_tsv(tmp_path / "history.tsv")
+    assert hist["best"].tolist() == [False, False, False, True, False]
+    model, _ = load_mil_checkpoint(tmp_path / "model.pt")
+    saved = model.state_dict()
+    for k, v in states[3].items():
+        torch.testing.assert_close(saved[k], v)
+    assert any(not torch.equal(saved[k], v) for k, v in states[4].items())
+
+
+def test_same_seed_same_results_and_no_validation_fallback(tmp_path, caplog):
+    patients, splits = make_cohort(n_patients=12)
+    splits.loc[splits["fold"] == 1, "fold"] = 0  # fold 1 empty: fold 0 has no validation
+    kw = {"epochs": 3, "n_test_bags": 4, "seed": 5, "n_folds": 4}
+    with caplog.at_level(logging.WARNING):
+        train_fold(patients, splits, 0, "csmil", out_dir=tmp_path / "a", **kw)
+    assert "no validation patients" in caplog.text
+    train_fold(patients, splits, 0, "csmil", out_dir=tmp_path / "b", **kw)
+    for name in ("predictions.tsv", "attention.tsv"):
+        pd.testing.assert_frame_equal(
+            read_tsv(tmp_path / "a" / name), read_tsv(tmp_path / "b" / name)
+        )
+    hist = read_tsv(tmp_path / "a" / "history.tsv")
+    assert hist["val_loss"].isna().all()
+    assert (
+        hist.loc[hist["best"], "epoch"].item()
+        == hist.loc[hist["train_loss"] == hist["train_loss"].min(), "epoch"].max()
+    )
+
+
+def test_empty_patient_is_refused_before_training(tmp_path):
+    patients, splits = make_cohort(n_patients=12, empty=("P04",))
+    with pytest.raises(EmptyPatientError, match="P04.*P04_a \\(0 patches\\)"):
+        train_fold(patients, splits, 0, "csmil", out_dir=tmp_path, epochs=1)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_fold_partition_convention():
+    splits = pd.DataFrame(
+        {"patient_id": list("abcdef"), "label": [0, 1] * 3, "fold": [0, 1, 2, 3, 3, 0]}
+    )
+    assert fold_partition(splits, 3) == (["b", "c"], ["a", "f"], ["d", "e"])
+    assert fold_partition(splits, 0) == (["c", "d", "e"], ["b"], ["a", "f"])
+    with pytest.raises(ValueError, match="K >= 3"):
+        fold_partition(splits.assign(fold=[0, 1] * 3), 0)
+    with pytest.raises(ValueError, match="fold must be in"):
+        fold_partition(splits, 4)
+
+
+def test_loss_clamps_and_adds_auxiliary_probabilities():
+    nll = bag_nll(torch.tensor([0.0, 1.0, 0.25]), torch.tensor([1.0, 1.0, 0.0]))
+    torch.testing.assert_close(
+        nll, torch.tensor([-np.log(1e-5), -np.log(1 - 1e-5), -np.log(0.75)], dtype=torch.float32)
+    )
+    out = MILOutput(
+        prob=torch.tensor([0.5, 0.5]),
+        attention={},
+        aux_probs={"tier1": torch.tensor([[0.5, 0.25], [0.5, 0.5]])},
+    )
+    loss = model_loss(out, torch.tensor([1.0, 0.0]))
+    expected = [np.log(2) + (np.log(2) - np.log(0.25)) / 2, 2 * np.log(2)]
+    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_attention_is_averaged_over_the_bags_a_patch_appears_in():
+    feats = {s: np.zeros((3, 2), np.float32) for s in SCALES}
+    p = PatientBags(
+        "p",
+        1,
+        feats,
+        np.array([0, 1, 1]),
+        np.array(["s"] * 3, dtype=object),
+        np.array([10, 11, 12]),
+        {"s": 3},
+    )
+    source = PatientBagSource([p], n_clusters=2)
+    # global ids follow cluster order: patch 10 -> 0, 11 -> 1, 12 -> 2
+    index = np.array([[0, 1, 1], [2, 1, -1]])
+    att = {
+        "instance": np.array([[0.2, 0.4, 0.4], [0.7, 0.3, 0.0]]),
+        "scale": np.tile(np.array([0.5, 0.3, 0.2]), (2, 3, 1)),
+    }
+    att["scale"][1, 1] = [0.1, 0.1, 0.8]
+    df = attention_table(source, index, att)
+    assert df["patch_index"].tolist() == [10, 11, 12]
+    assert df["n_bags"].tolist() == [1, 2, 1]  # patch 11 twice in bag 0 counts once
+    np.testing.assert_allclose(df["instance"], [0.2, 0.35, 0.7])
+    np.testing.assert_allclose(df["scale_5x"], [0.2, 0.5, 0.2])
