@@ -15,7 +15,7 @@ import csmil.train as train_mod
 from csmil import SCALES
 from csmil.bags import EmptyPatientError, PatientBags, PatientBagSource
 from csmil.io import read_tsv
-from csmil.models import MILOutput, load_mil_checkpoint
+from csmil.models import MIL_MODELS, MILOutput, load_mil_checkpoint, model_options
 from csmil.train import (
     ATTENTION_COLUMNS,
     HISTORY_COLUMNS,
@@ -113,6 +113,46 @@ def test_learns_a_separable_problem_and_writes_documented_outputs(tmp_path, meth
     assert meta["config"]["best_epoch"] == best and meta["config"]["method"] == method
     assert set(meta["config"]["test_patients"]) == set(preds["patient_id"])
     assert meta["name"] == summary["model"] and meta["in_dim"] == DIM
+
+
+@pytest.mark.parametrize("name", sorted(MIL_MODELS))
+def test_every_registered_model_trains_and_scores(tmp_path, name):
+    patients, splits = make_cohort(n_patients=12)
+    method = f"{name}_10x" if "scale" in model_options(name) else name
+    summary = train_fold(patients, splits, 2, method, out_dir=tmp_path, epochs=2, n_test_bags=3)
+    preds = read_tsv(tmp_path / "predictions.tsv")
+    assert summary["model"] == name and len(preds) == (splits["fold"] == 2).sum()
+    assert preds["prob"].between(0, 1).all() and preds["prob"].notna().all()
+    att = read_tsv(tmp_path / "attention.tsv")
+    assert att["n_bags"].between(1, 3).all() and len(att) > 0
+
+
+def test_each_epoch_draws_one_bag_per_training_patient_and_steps_per_group(tmp_path, monkeypatch):
+    patients, splits = make_cohort(n_patients=16)
+    train_ids, _, _ = fold_partition(splits, 0)
+    calls, steps = [], []
+    collate = PatientBagSource.collate
+
+    def spy(self, index):
+        if torch.is_grad_enabled():  # training batches; validation and test run without grad
+            calls.append([self.patients[self.instance_patient[i]].patient_id for i in index[:, 0]])
+        return collate(self, index)
+
+    class CountingAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            steps.append(len(calls))
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(PatientBagSource, "collate", spy)
+    monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
+    train_fold(
+        patients, splits, 0, "csmil", out_dir=tmp_path, epochs=3, accumulate=3, n_test_bags=2
+    )
+    assert [len(c) for c in calls] == [3, 3, 2] * 3
+    assert steps == list(range(1, 10))  # one optimiser step per group, the last one partial
+    epochs = [sum(calls[i : i + 3], []) for i in range(0, 9, 3)]
+    assert all(sorted(e) == sorted(train_ids) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1  # reshuffled every epoch
 
 
 def test_keeps_the_weights_of_the_lowest_validation_loss_later_ties_win(tmp_path, monkeypatch):
