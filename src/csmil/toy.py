@@ -1,0 +1,330 @@
+"""Toy cohorts (paper §5.3): generated whole-slide images with scale-specific anomalies.
+
+Two cohorts, each a set of real pyramidal TIFFs in Aperio SVS layout (0.5 µm/px, AppMag 20,
+levels at downsample 1/4/16) over an H&E-like background with glass around the tissue:
+
+* ``micro`` (Micro-anomaly): positive slides carry small white crosses inside a few
+  positive regions. A cross is visible in a 20x patch (a 256 px field area-resized to 64 px)
+  and averages away in the 10x and 5x patches (512 and 1024 px fields), because a dark rim
+  around it gives back exactly the colour its white core took.
+* ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, 510-740 px across. A 5x
+  field holds a whole ring and shows its shape; a 20x field shows only a piece of band. Positive
+  slides hold at least one ellipse (and may hold circles), negative slides only circles, all
+  enclosing the same areas with the same band, so only the shape tells them apart.
+
+Beside each slide a PNG mask marks the positive regions (uint8 0/255, level-0 size divided by
+the mask downsample, which is stored in the PNG text chunk ``csmil_mask_downsample``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, PngImagePlugin
+
+from csmil.io import atomic_path
+from csmil.svs import write_aperio_svs
+from csmil.toy_patterns import (
+    CrossStyle,
+    RingStyle,
+    disc_mask,
+    draw_crosses,
+    draw_ring,
+    he_tissue,
+    jittered_grid,
+    tissue_alpha,
+)
+
+log = logging.getLogger(__name__)
+
+COHORTS: tuple[str, ...] = ("micro", "macro")
+MASK_KEY = "csmil_mask_downsample"
+#: Side of the largest (5x) field in level-0 px; objects keep this much room to the border.
+FIELD_5X_PX = 1024
+#: Level-0 tile size of the 20x grid; rings are centred on tile centres of a grid from (0, 0).
+TILE_PX = 256
+
+
+@dataclass
+class ToyCanvas:
+    """A rendered toy slide: ``rgb`` (H, W, 3) uint8 at level 0, ``positive`` (H, W) bool
+    ground truth at level 0, and ``info`` (counts, fractions and the objects drawn)."""
+
+    rgb: np.ndarray
+    positive: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def _check_args(cohort: str, label: int, size_px: int) -> None:
+    if cohort not in COHORTS:
+        raise ValueError(f"cohort must be one of {COHORTS}, got {cohort!r}")
+    if label not in (0, 1):
+        raise ValueError(f"label must be 0 or 1, got {label!r}")
+    if size_px < 1536 or size_px % 16:
+        raise ValueError(
+            f"size_px must be a multiple of 16 and at least 1536 (room for a 1024 px 5x field "
+            f"with objects inside), got {size_px}"
+        )
+
+
+def _place_discs(
+    rng: np.random.Generator,
+    size: int,
+    radii: np.ndarray,
+    margin: float,
+    gap: float,
+    grid: int = 0,
+    tries: int = 400,
+) -> list[tuple[float, float, float]]:
+    """Non-overlapping discs ``(cy, cx, r)``, centres at least ``margin`` from the border and
+    discs ``gap`` apart; with ``grid`` > 0, centres sit on ``grid * k + grid / 2``.
+    Rejection sampling: discs that find no room after ``tries`` draws are dropped."""
+    placed: list[tuple[float, float, float]] = []
+    for r in radii:
+        for _ in range(tries):
+            cy, cx = rng.uniform(margin, size - margin, 2)
+            if grid:
+                cy = (np.floor(cy / grid) + 0.5) * grid
+                cx = (np.floor(cx / grid) + 0.5) * grid
+                if min(cy, cx) < margin or max(cy, cx) > size - margin:
+                    continue
+            if all(np.hypot(cy - py, cx - px) >= r + pr + gap for py, px, pr in placed):
+                placed.append((float(cy), float(cx), float(r)))
+                break
+    return placed
+
+
+def render_toy_canvas(
+    cohort: str,
+    label: int,
+    seed: int,
+    size_px: int = 3072,
+    cross: CrossStyle | None = None,
+    ring: RingStyle | None = None,
+) -> ToyCanvas:
+    """Render one toy slide in memory (no files); same arguments → identical pixels.
+
+    Objects (micro regions, macro rings) are placed first, identically for both labels, and the
+    tissue outline is made to contain them; only then does ``label`` decide what is drawn: crosses
+    or nothing in the micro regions, ellipses or circles in the macro rings.
+    """
+    _check_args(cohort, label, size_px)
+    cross = cross or CrossStyle()
+    ring = ring or RingStyle()
+    rng = np.random.default_rng(seed)
+    coverage = float(rng.uniform(0.6, 0.8))
+    margin = FIELD_5X_PX / 2
+    if cohort == "micro":
+        radii = rng.uniform(230.0, 300.0, int(rng.integers(2, 5)))
+        objects = _place_discs(rng, size_px, radii, margin, gap=TILE_PX)
+        anchors = [(cy, cx, r + 64.0) for cy, cx, r in objects]
+    else:
+        # A ring's centred 5x field (1024 px square) must show no part of another ring.
+        extent = ring.max_extent
+        n_rings = int(rng.integers(3, 6))
+        objects = _place_discs(
+            rng,
+            size_px,
+            np.full(n_rings, extent),
+            margin,
+            gap=FIELD_5X_PX / np.sqrt(2) - extent + 16.0,
+            grid=TILE_PX,
+        )
+        anchors = [(cy, cx, r + 48.0) for cy, cx, r in objects]
+    alpha = tissue_alpha(rng, size_px, coverage, anchors)
+    canvas = he_tissue(rng, alpha)
+    positive = np.zeros((size_px, size_px), dtype=bool)
+    info: dict = {
+        "cohort": cohort,
+        "label": int(label),
+        "seed": int(seed),
+        "size_px": int(size_px),
+        "tissue_fraction": float((alpha > 0.5).mean()),
+    }
+    if cohort == "micro":
+        info["regions"] = [{"cy": cy, "cx": cx, "radius": r} for cy, cx, r in objects]
+        n_crosses = 0
+        if label == 1:
+            for cy, cx, r in objects:
+                centres = jittered_grid(rng, cy, cx, r, cross.spacing, margin=cross.half + 2)
+                thetas = np.deg2rad(rng.uniform(*cross.angle, len(centres)))
+                draw_crosses(canvas, centres, thetas, cross)
+                n_crosses += len(centres)
+            positive = disc_mask(positive.shape, objects) & (alpha > 0.5)
+        info.update(n_regions=len(objects), n_crosses=n_crosses)
+    else:
+        radius = rng.uniform(ring.radius[0], ring.radius[1], len(objects))
+        is_ellipse = (
+            (rng.random(len(objects)) < 0.5) if label == 1 else np.zeros(len(objects), bool)
+        )
+        if label == 1 and len(objects) and not is_ellipse.any():
+            is_ellipse[rng.integers(len(objects))] = True
+        thetas = rng.uniform(0.0, np.pi, len(objects))
+        rings = []
+        for (cy, cx, _), r, ell, theta in zip(objects, radius, is_ellipse, thetas, strict=True):
+            stretch = np.sqrt(ring.aspect) if ell else 1.0
+            a, b = float(r * stretch), float(r / stretch)
+            sy, sx, filled = draw_ring(canvas, cy, cx, a, b, float(theta), ring.thickness)
+            if ell:
+                positive[sy, sx] |= filled > 0.5
+            rings.append(
+                {
+                    "cy": cy,
+                    "cx": cx,
+                    "a": a,
+                    "b": b,
+                    "theta": float(theta),
+                    "shape": "ellipse" if ell else "circle",
+                }
+            )
+        info["rings"] = rings
+        info.update(n_ellipses=int(is_ellipse.sum()), n_circles=int((~is_ellipse).sum()))
+    info["positive_fraction"] = float(positive.mean())
+    np.clip(canvas, 0.0, 255.0, out=canvas)
+    canvas += 0.5  # round half up on the conversion below
+    rgb = np.ascontiguousarray(canvas.astype(np.uint8).transpose(1, 2, 0))
+    return ToyCanvas(rgb=rgb, positive=positive, info=info)
+
+
+def write_toy_mask(path: str | os.PathLike, positive: np.ndarray, downsample: int = 4) -> None:
+    """Write a level-0 boolean mask (H, W) as a PNG at ``1/downsample`` resolution (uint8 0/255;
+    a mask pixel is positive when at least half of its block is)."""
+    h, w = positive.shape[0] // downsample, positive.shape[1] // downsample
+    blocks = positive[: h * downsample, : w * downsample].reshape(h, downsample, w, downsample)
+    small = (blocks.mean(axis=(1, 3)) >= 0.5).astype(np.uint8) * 255
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text(MASK_KEY, str(int(downsample)))
+    with atomic_path(path) as tmp:
+        Image.fromarray(small, mode="L").save(tmp, format="PNG", pnginfo=meta)
+
+
+def read_toy_mask(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a toy mask: ``(mask (h, w) bool, downsample)``; mask pixel (i, j) covers level-0
+    pixels ``[i*ds, (i+1)*ds) x [j*ds, (j+1)*ds)``."""
+    with Image.open(path) as img:
+        if MASK_KEY not in getattr(img, "text", {}):
+            raise ValueError(f"{path}: not a toy mask (PNG text chunk {MASK_KEY!r} missing)")
+        downsample = int(img.text[MASK_KEY])
+        mask = np.asarray(img.convert("L")) > 127
+    return mask, downsample
+
+
+def make_toy_slide(
+    out_svs: str | os.PathLike,
+    out_mask: str | os.PathLike,
+    cohort: str,
+    label: int,
+    seed: int,
+    size_px: int = 3072,
+    mask_downsample: int = 4,
+    quality: int = 90,
+) -> dict:
+    """Write one toy slide (Aperio-layout SVS, 0.5 µm/px, AppMag 20, downsamples 1/4/16, JPEG
+    ``quality``) and its positive-region mask PNG; return what was drawn (see
+    :func:`render_toy_canvas`: counts, ``tissue_fraction``, ``positive_fraction``, objects)."""
+    if mask_downsample < 1 or size_px % mask_downsample:
+        raise ValueError(
+            f"mask_downsample must be a positive divisor of size_px={size_px}, "
+            f"got {mask_downsample}"
+        )
+    canvas = render_toy_canvas(cohort, label, seed, size_px)
+    write_aperio_svs(
+        out_svs, canvas.rgb, mpp=0.5, app_mag=20.0, downsamples=(1, 4, 16), quality=quality
+    )
+    write_toy_mask(out_mask, canvas.positive, mask_downsample)
+    info = canvas.info
+    log.info(
+        "toy slide %s: %s label %d, %s",
+        Path(out_svs).name,
+        cohort,
+        label,
+        {k: v for k, v in info.items() if k.startswith("n_") or k.endswith("fraction")},
+    )
+    return info
+
+
+def slide_seed(seed: int, index: int) -> int:
+    """The seed of slide ``index`` of a toy cohort with master ``seed`` (a 31-bit integer)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] >> 1)
+
+
+def toy_sample_sheet(
+    dataset: str,
+    cohort: str,
+    n_patients: int,
+    seed: int,
+    slides_dir: str,
+    positive_fraction: float = 0.5,
+    slides_per_patient: int = 1,
+    pretrain_fraction: float = 0.5,
+) -> pd.DataFrame:
+    """The sample sheet of a toy cohort: one row per slide with columns ``slide_id, patient_id,
+    path, label, cohort, seed, mask_path, pretrain``.
+
+    ``round(n_patients * positive_fraction)`` patients are positive (which ones is drawn from
+    ``seed``); all slides of a patient share its label. ``pretrain`` marks a label-stratified
+    ``pretrain_fraction`` of patients (at least one per class present) whose slides may train
+    the encoders. Slide ids are ``{dataset}_p{patient:03d}_s{slide}``; slide seeds come from
+    ``(seed, slide index)`` via :class:`numpy.random.SeedSequence`.
+    """
+    if cohort not in COHORTS:
+        raise ValueError(f"cohort must be one of {COHORTS}, got {cohort!r}")
+    if not dataset or not all(ch.isalnum() or ch in "._-" for ch in dataset):
+        raise ValueError(
+            f"dataset must be a non-empty name of letters, digits, '.', '_' or '-', got {dataset!r}"
+        )
+    if n_patients < 1 or slides_per_patient < 1:
+        raise ValueError(
+            f"n_patients and slides_per_patient must be >= 1, got {n_patients} "
+            f"and {slides_per_patient}"
+        )
+    for name, value in (
+        ("positive_fraction", positive_fraction),
+        ("pretrain_fraction", pretrain_fraction),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x70F]))
+    n_pos = int(round(n_patients * positive_fraction))
+    labels = np.zeros(n_patients, dtype=int)
+    labels[rng.permutation(n_patients)[:n_pos]] = 1
+    pretrain = np.zeros(n_patients, dtype=bool)
+    for cls in (0, 1):
+        members = np.flatnonzero(labels == cls)
+        if members.size and pretrain_fraction > 0:
+            k = max(1, int(round(members.size * pretrain_fraction)))
+            pretrain[rng.choice(members, size=k, replace=False)] = True
+    rows = []
+    for p in range(n_patients):
+        for s in range(slides_per_patient):
+            slide_id = f"{dataset}_p{p:03d}_s{s}"
+            rows.append(
+                {
+                    "slide_id": slide_id,
+                    "patient_id": f"{dataset}_p{p:03d}",
+                    "path": str(Path(slides_dir) / f"{slide_id}.svs"),
+                    "label": int(labels[p]),
+                    "cohort": cohort,
+                    "seed": slide_seed(seed, len(rows)),
+                    "mask_path": str(Path(slides_dir) / f"{slide_id}_mask.png"),
+                    "pretrain": bool(pretrain[p]),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "slide_id",
+            "patient_id",
+            "path",
+            "label",
+            "cohort",
+            "seed",
+            "mask_path",
+            "pretrain",
+        ],
+    )

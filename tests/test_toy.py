@@ -1,0 +1,268 @@
+"""Toy cohorts: the files are real Aperio slides, and the anomalies live at the scales they should.
+
+The scale checks mimic tiling: co-centred fields of 256, 512 and 1024 level-0 px around one
+centre, each area-averaged to 64 px (20x, 10x and 5x patches). Each positive slide is compared
+with its negative twin (same seed, so the same tissue and object positions, without the
+anomaly), which isolates what the anomaly itself adds to a patch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from csmil.toy import (
+    make_toy_slide,
+    read_toy_mask,
+    render_toy_canvas,
+    toy_sample_sheet,
+    write_toy_mask,
+)
+from csmil.toy_patterns import GLASS, RingStyle, ring_layers
+
+PATCH_PX = 64
+FIELDS = {"20x": 256, "10x": 512, "5x": 1024}
+SIZE = 2048
+N_TWINS = 8
+
+
+def area_patch(region: np.ndarray) -> np.ndarray:
+    """Box-average an (S, S, 3) field to a (64, 64, 3) float patch."""
+    k = region.shape[0] // PATCH_PX
+    return region[..., :3].astype(np.float64).reshape(PATCH_PX, k, PATCH_PX, k, 3).mean((1, 3))
+
+
+def read_field(slide: openslide.OpenSlide, cy: int, cx: int, side: int) -> np.ndarray:
+    """The ``side`` px level-0 field centred on (cy, cx), as a 64 px patch."""
+    region = slide.read_region((cx - side // 2, cy - side // 2), 0, (side, side))
+    return area_patch(np.asarray(region))
+
+
+def pixel_stats(patch: np.ndarray) -> dict[str, float]:
+    """Simple statistics of a (64, 64, 3) patch that a cross could move."""
+    grey = patch.mean(axis=2)
+    lap = grey[1:-1, 1:-1] - 0.25 * (
+        grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]
+    )
+    return {
+        "white_fraction": float((patch.min(axis=2) >= 200).mean()),
+        "brightest": float(np.percentile(patch.min(axis=2), 99.5)),
+        "grey_max": float(grey.max()),
+        "mean_r": float(patch[..., 0].mean()),
+        "mean_g": float(patch[..., 1].mean()),
+        "mean_b": float(patch[..., 2].mean()),
+        "grey_std": float(grey.std()),
+        "hf_energy": float((lap**2).mean()),
+    }
+
+
+def auc(neg: list[float], pos: list[float]) -> float:
+    return float(roc_auc_score([0] * len(neg) + [1] * len(pos), list(neg) + list(pos)))
+
+
+def dark_aspect(patch: np.ndarray, threshold: float) -> float:
+    """Axis ratio (>= 1) of the second moments of dark pixels, weighted by darkness."""
+    w = np.clip(threshold - patch.mean(axis=2), 0.0, None)
+    if w.sum() <= 0:
+        return 1.0
+    yy, xx = np.mgrid[0 : w.shape[0], 0 : w.shape[1]].astype(np.float64)
+    my, mx = (w * yy).sum() / w.sum(), (w * xx).sum() / w.sum()
+    cov = np.cov(np.stack([yy.ravel() - my, xx.ravel() - mx]), aweights=w.ravel(), bias=True)
+    low, high = np.linalg.eigvalsh(cov)
+    return float(np.sqrt(high / max(low, 1e-9)))
+
+
+@pytest.fixture(scope="module")
+def micro_twins(tmp_path_factory):
+    """N_TWINS seeds, each written as a negative and a positive micro slide."""
+    out = tmp_path_factory.mktemp("micro")
+    twins = []
+    for seed in range(N_TWINS):
+        pair = {}
+        for label in (0, 1):
+            svs, mask = out / f"s{seed}_l{label}.svs", out / f"s{seed}_l{label}_mask.png"
+            info = make_toy_slide(svs, mask, "micro", label, seed=100 + seed, size_px=SIZE)
+            pair[label] = (svs, mask, info)
+        twins.append(pair)
+    return twins
+
+
+def test_slide_is_aperio_with_physical_scale(micro_twins):
+    svs, _, _ = micro_twins[0][1]
+    assert openslide.OpenSlide.detect_format(str(svs)) == "aperio"
+    with openslide.OpenSlide(str(svs)) as slide:
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.5)
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_Y]) == pytest.approx(0.5)
+        assert float(slide.properties[openslide.PROPERTY_NAME_OBJECTIVE_POWER]) == 20.0
+        assert slide.level_count == 3
+        assert slide.dimensions == (SIZE, SIZE)
+        np.testing.assert_allclose(slide.level_downsamples, (1.0, 4.0, 16.0), rtol=1e-3)
+        level0 = np.asarray(slide.read_region((0, 0), 0, (SIZE, SIZE)))[..., :3]
+    canvas = render_toy_canvas("micro", 1, seed=100, size_px=SIZE).rgb
+    # JPEG at quality 90: the stored pixels are the rendered canvas up to compression noise.
+    assert np.abs(level0.astype(int) - canvas).mean() < 3.0
+
+
+def test_masks_mark_positive_regions_only(micro_twins, tmp_path):
+    for pair in micro_twins:
+        for label in (0, 1):
+            svs, mask_path, info = pair[label]
+            mask, ds = read_toy_mask(mask_path)
+            assert ds == 4 and mask.shape == (SIZE // 4, SIZE // 4) and mask.dtype == bool
+            assert mask.any() == bool(label)
+            assert mask.mean() == pytest.approx(info["positive_fraction"], abs=0.01)
+            assert (info["n_crosses"] > 0) == bool(label)
+    # macro: the mask is the ellipses, present only on positive slides
+    for label in (0, 1):
+        canvas = render_toy_canvas("macro", label, seed=5, size_px=SIZE)
+        write_toy_mask(tmp_path / f"m{label}.png", canvas.positive, downsample=8)
+        mask, ds = read_toy_mask(tmp_path / f"m{label}.png")
+        assert ds == 8 and mask.shape == (SIZE // 8, SIZE // 8)
+        assert mask.any() == bool(label) == (canvas.info["n_ellipses"] > 0)
+        assert canvas.info["n_circles"] + canvas.info["n_ellipses"] >= 1
+
+
+def test_mask_on_tissue_and_glass_around(micro_twins):
+    svs, mask_path, info = micro_twins[1][1]
+    rgb = render_toy_canvas("micro", 1, seed=101, size_px=SIZE).rgb.astype(float)
+    glass = np.abs(rgb - GLASS).max(axis=2) < 12
+    assert 0.55 <= info["tissue_fraction"] <= 0.85
+    assert glass[[0, -1]].mean() > 0.9 and glass[:, [0, -1]].mean() > 0.9  # glass all round
+    mask, ds = read_toy_mask(mask_path)
+    positive = np.kron(mask, np.ones((ds, ds), bool))
+    assert glass[positive].mean() < 0.01
+    tissue = rgb[~glass]
+    assert np.all(tissue.mean(axis=0)[[0, 2]] > tissue.mean(axis=0)[1])  # pink: R, B above G
+    nuclei = (tissue[:, 0] < 150) & (tissue[:, 2] > tissue[:, 0])  # dark purple
+    assert 0.02 < nuclei.mean() < 0.3
+
+
+def test_render_is_deterministic():
+    for cohort in ("micro", "macro"):
+        a = render_toy_canvas(cohort, 1, seed=3, size_px=1536)
+        b = render_toy_canvas(cohort, 1, seed=3, size_px=1536)
+        c = render_toy_canvas(cohort, 1, seed=4, size_px=1536)
+        assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.positive, b.positive)
+        assert a.info == b.info
+        assert not np.array_equal(a.rgb, c.rgb)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="cohort"):
+        render_toy_canvas("nano", 1, 0, 2048)
+    with pytest.raises(ValueError, match="size_px"):
+        render_toy_canvas("micro", 1, 0, 1000)
+    with pytest.raises(ValueError, match="label"):
+        render_toy_canvas("micro", 2, 0, 2048)
+
+
+def test_micro_crosses_visible_at_20x_only(micro_twins):
+    stats: dict[str, dict[int, list[dict[str, float]]]] = {s: {0: [], 1: []} for s in FIELDS}
+    for pair in micro_twins:
+        regions = pair[1][2]["regions"]
+        assert regions == pair[0][2]["regions"]  # twins share their regions
+        for label in (0, 1):
+            with openslide.OpenSlide(str(pair[label][0])) as slide:
+                for region in regions:
+                    # a tile centre on a 64 px grid, as the tiler's 20x grid would give
+                    cy, cx = (int(region[k]) // 64 * 64 + 32 for k in ("cy", "cx"))
+                    for scale, side in FIELDS.items():
+                        stats[scale][label].append(pixel_stats(read_field(slide, cy, cx, side)))
+    n = len(stats["20x"][1])
+    assert n >= 12
+    aucs = {
+        scale: {
+            key: auc([s[key] for s in stats[scale][0]], [s[key] for s in stats[scale][1]])
+            for key in stats[scale][0][0]
+        }
+        for scale in FIELDS
+    }
+    assert aucs["20x"]["white_fraction"] >= 0.9, aucs["20x"]
+    for scale in ("10x", "5x"):
+        for key, value in aucs[scale].items():
+            assert abs(value - 0.5) <= 0.15, (scale, key, aucs[scale])
+
+
+def test_macro_shape_visible_at_5x_only():
+    style = RingStyle()
+    aspect: dict[str, dict[str, list[float]]] = {
+        s: {"circle": [], "ellipse": []} for s in ("20x", "5x")
+    }
+    dark: dict[str, list[float]] = {"circle": [], "ellipse": []}
+    for seed in range(N_TWINS):
+        for label in (0, 1):
+            canvas = render_toy_canvas("macro", label, seed=200 + seed, size_px=SIZE)
+            for ring in canvas.info["rings"]:
+                shape = ring["shape"]
+                if label == 1 and shape == "circle":
+                    continue
+                cy, cx = int(ring["cy"]), int(ring["cx"])  # centred on a 20x tile
+                field = canvas.rgb[cy - 512 : cy + 512, cx - 512 : cx + 512]
+                aspect["5x"][shape].append(dark_aspect(area_patch(field), 120.0))
+                # every 20x tile (256 px grid) crossed by the ring's dark band
+                band, _, (sy, sx) = ring_layers(
+                    canvas.rgb.shape[:2],
+                    ring["cy"],
+                    ring["cx"],
+                    ring["a"],
+                    ring["b"],
+                    ring["theta"],
+                    style.thickness,
+                )
+                full = np.zeros(canvas.rgb.shape[:2], bool)
+                full[sy, sx] = band > 0.5
+                tiles = full.reshape(SIZE // 256, 256, SIZE // 256, 256).sum(axis=(1, 3))
+                for ty, tx in np.argwhere(tiles > 256 * 10):
+                    patch = area_patch(
+                        canvas.rgb[ty * 256 : ty * 256 + 256, tx * 256 : tx * 256 + 256]
+                    )
+                    aspect["20x"][shape].append(dark_aspect(patch, 90.0))
+                    dark[shape].append(float((patch.mean(axis=2) < 100).mean()))
+    assert len(aspect["5x"]["ellipse"]) >= 5 and len(aspect["5x"]["circle"]) >= 5
+    auc_5x = auc(aspect["5x"]["circle"], aspect["5x"]["ellipse"])
+    auc_20x = auc(aspect["20x"]["circle"], aspect["20x"]["ellipse"])
+    auc_20x_dark = auc(dark["circle"], dark["ellipse"])
+    assert auc_5x >= 0.9, aspect["5x"]
+    assert abs(auc_20x - 0.5) <= 0.2, auc_20x
+    assert abs(auc_20x_dark - 0.5) <= 0.2, auc_20x_dark
+
+
+def test_sample_sheet_balanced_and_deterministic(tmp_path):
+    sheet = toy_sample_sheet(
+        "micro",
+        "micro",
+        n_patients=9,
+        seed=1,
+        slides_dir=str(tmp_path),
+        slides_per_patient=2,
+        pretrain_fraction=0.5,
+    )
+    assert list(sheet.columns) == [
+        "slide_id",
+        "patient_id",
+        "path",
+        "label",
+        "cohort",
+        "seed",
+        "mask_path",
+        "pretrain",
+    ]
+    assert len(sheet) == 18 and sheet["slide_id"].is_unique and sheet["seed"].is_unique
+    assert sheet["slide_id"].iloc[3] == "micro_p001_s1"
+    assert not sheet["slide_id"].str.contains(r"\s").any()
+    patients = sheet.groupby("patient_id").agg(
+        label=("label", "first"), n_labels=("label", "nunique"), pretrain=("pretrain", "first")
+    )
+    assert (patients["n_labels"] == 1).all()
+    assert patients["label"].sum() in (4, 5)  # round(9 * 0.5)
+    pre = patients.groupby("label")["pretrain"].sum()
+    assert pre[0] >= 1 and pre[1] >= 1 and patients["pretrain"].sum() in (4, 5)
+    assert sheet.equals(
+        toy_sample_sheet("micro", "micro", 9, 1, str(tmp_path), slides_per_patient=2)
+    )
+    other = toy_sample_sheet("micro", "micro", 9, 2, str(tmp_path), slides_per_patient=2)
+    assert not sheet["seed"].equals(other["seed"])
+    with pytest.raises(ValueError, match="dataset"):
+        toy_sample_sheet("my data", "micro", 4, 0, str(tmp_path))
