@@ -165,8 +165,9 @@ def _rows(
     """CSV and Markdown frames: label columns, then per dataset AUC, AP and p-values."""
     csv_rows, md_rows = [], []
     for labels, method in labelled:
-        nums, shown = dict(labels), dict(labels)
-        nums["method"] = shown["method"] = method or NOT_RUN
+        first = {"method": method or NOT_RUN} if "model" in labels else {}
+        nums = {**first, **labels, "method": method or NOT_RUN}
+        shown = dict(nums)
         for ds, comp in comparisons.items():
             hit = comp[comp["method"] == method] if method else comp.iloc[:0]
             n, s = _dataset_columns(hit.iloc[0] if len(hit) else None, ds, reference)
@@ -301,28 +302,33 @@ def _memory(histories, benchmarks) -> tuple[float, str]:
     return (max(rss) if rss else np.nan), RSS_LABEL
 
 
-def table6(runs: Mapping[str, Mapping[str, Sequence[str | os.PathLike]]]) -> pd.DataFrame:
-    """Table 6: ``runs[method]`` holds lists ``models``, ``histories`` and ``benchmarks``
-    (benchmark files may be missing). Parameters are counted on the model rebuilt from the
-    first checkpoint, at its own feature size and at 2048-d."""
+def table6(
+    runs: Mapping[str, Mapping[str, Mapping[str, Sequence[str | os.PathLike]]]],
+) -> pd.DataFrame:
+    """Table 6: ``runs[dataset][method]`` holds lists ``models``, ``histories`` and
+    ``benchmarks`` (benchmark files may be missing). Parameters are counted on the model rebuilt
+    from the first checkpoint, at its own feature size and at 2048-d; memory is the peak over
+    the folds; seconds per epoch the mean over folds and epochs."""
     rows = []
-    for method, files in runs.items():
-        model, meta = load_mil_checkpoint(files["models"][0])
-        at_paper = create_mil_model(meta["name"], PAPER_DIM, **meta["options"])
-        peak, measure = _memory(files.get("histories", ()), files.get("benchmarks", ()))
-        secs = [read_tsv(p)["seconds"].mean() for p in files.get("histories", ())]
-        rows.append(
-            {
-                "method": method,
-                "model": display_name(MethodSpec(method, meta["name"], meta["options"])),
-                "in_dim": int(meta["in_dim"]),
-                "params": count_parameters(model),
-                "params_2048": count_parameters(at_paper),
-                "peak_memory_mb": peak,
-                "memory_measure": measure,
-                "seconds_per_epoch": float(np.mean(secs)) if secs else np.nan,
-            }
-        )
+    for dataset, methods in runs.items():
+        for method, files in methods.items():
+            model, meta = load_mil_checkpoint(files["models"][0])
+            at_paper = create_mil_model(meta["name"], PAPER_DIM, **meta["options"])
+            peak, measure = _memory(files.get("histories", ()), files.get("benchmarks", ()))
+            secs = [read_tsv(p)["seconds"].mean() for p in files.get("histories", ())]
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "model": display_name(MethodSpec(method, meta["name"], meta["options"])),
+                    "in_dim": int(meta["in_dim"]),
+                    "params": count_parameters(model),
+                    "params_2048": count_parameters(at_paper),
+                    "peak_memory_mb": peak,
+                    "memory_measure": measure,
+                    "seconds_per_epoch": float(np.mean(secs)) if secs else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -357,3 +363,79 @@ def significance_footnotes(reference: str, n_boot: int) -> list[str]:
         f'({n_boot} resamples). "*": p < 0.05; "N.S.": not significant.',
         "AUC and AP are over the pooled out-of-fold test patients.",
     ]
+
+
+# --------------------------------------------------------------------------- workflow drivers
+
+
+def write_comparison_tables(
+    compare_paths: Mapping[str, str | os.PathLike],
+    methods: Sequence[str],
+    variants: Mapping[str, Mapping[str, Any]],
+    bag_mode: str,
+    reference: str,
+    out: Mapping[str, str | os.PathLike],
+    n_boot: int = 2000,
+) -> None:
+    """Tables 1-3 from each dataset's comparison table (``dataset -> compare.tsv``) into
+    ``out`` keys ``table1_csv, table1_md, ... table3_md``."""
+    from csmil.compare import read_comparison
+
+    comps = {ds: read_comparison(p) for ds, p in compare_paths.items()}
+    specs = [method_spec(m, variants, bag_mode) for m in methods]
+    notes = significance_footnotes(reference, n_boot)
+    hipt = [HIPT_NOTE] if any(s.model == "hipt" for s in specs) else []
+    titles = {
+        "table1": "Table 1: classification, every method against the reference",
+        "table2": "Table 2: CS-MIL embedding sharing x scorer activation",
+        "table3": "Table 3: CS-MIL fusion x bag clustering",
+    }
+    builders = {"table1": table1, "table2": table2, "table3": table3}
+    for name, build in builders.items():
+        csv_df, md_df = build(comps, specs, reference)
+        extra = (
+            hipt if name == "table1" else [f'"{NOT_RUN}": no configured method has this setting.']
+        )
+        write_report_table(csv_df, out[f"{name}_csv"], out[f"{name}_md"], md_df,
+                           title=titles[name], footnotes=[*notes, *extra])  # fmt: skip
+        log.info("%s:\n%s", titles[name], md_df.to_string(index=False))
+
+
+def write_table4(
+    datasets: Mapping[str, Mapping[str, Any]],
+    n_test_bags: int,
+    csv_path: str | os.PathLike,
+    md_path: str | os.PathLike,
+) -> pd.DataFrame:
+    """Table 4 from ``datasets[ds]`` = ``{"splits": splits.tsv, "predictions": [fold
+    predictions.tsv of one method], "slides": {patient: number of slides}}``; patch counts come
+    from the predictions' ``n_patches``."""
+    from csmil.evaluate import pool_predictions
+
+    counts = {}
+    for ds, files in datasets.items():
+        preds = pool_predictions(files["predictions"])
+        patches = dict(zip(preds["patient_id"], preds["n_patches"].astype(int), strict=True))
+        counts[ds] = dataset_counts(files["splits"], patches, files["slides"], n_test_bags)
+    df = table4(counts)
+    write_report_table(df, csv_path, md_path, title="Table 4: cohorts and cross-validation",
+                       floatfmt=".1f", footnotes=[
+                           "Every patient is a test patient once (K-fold cross-validation); "
+                           "training and validation patches are means over the K folds; "
+                           f"{n_test_bags} test bags per patient."])  # fmt: skip
+    return df
+
+
+def write_table6(runs, csv_path: str | os.PathLike, md_path: str | os.PathLike) -> pd.DataFrame:
+    """Table 6 (see :func:`table6`) as CSV and Markdown."""
+    df = table6(runs)
+    measures = sorted(set(df["memory_measure"]))
+    md = df.rename(columns={"peak_memory_mb": measures[0]}) if len(measures) == 1 else df
+    if len(measures) == 1:
+        md = md.drop(columns="memory_measure")
+    write_report_table(df, csv_path, md_path, md, title="Table 6: model complexity",
+                       floatfmt=".2f", footnotes=[
+                           "params: at the run's feature size; params_2048: at 2048-d features "
+                           "(the paper's). Memory: peak over the folds of the training job.",
+                           *([HIPT_NOTE] if (df["model"] == "HIPT").any() else [])])  # fmt: skip
+    return df

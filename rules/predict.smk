@@ -1,0 +1,65 @@
+from pathlib import Path
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
+
+
+def predict_inputs(wildcards):
+    """The slides of predict/{batch}/ (any OpenSlide format), one method's fold models and the
+    dataset's encoders."""
+    folder = Path("predict") / wildcards.batch
+    slides = sorted(
+        str(p) for p in folder.glob("*") if p.suffix.lower() in SLIDE_SUFFIXES
+    )
+    if not slides:
+        raise ValueError(
+            f"no slides in {folder}/ (looked for {', '.join(SLIDE_SUFFIXES)}); put the new "
+            "slides there and ask for results/predict/{dataset}/{method}/{batch}/predictions.tsv"
+        )
+    return {
+        "slides": slides,
+        "models": fold_files(wildcards.dataset, wildcards.method, "model.pt"),
+        "encoders": list(slide_encoders(wildcards).values()),
+    }
+
+
+rule predict:
+    """Score new slides (predict/{batch}/) with every fold model of a trained method; no retraining."""
+    input:
+        unpack(predict_inputs),
+    output:
+        predictions=f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}/predictions.tsv",
+        attention=directory(
+            f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}/attention"
+        ),
+        maps=report(
+            directory(f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}/maps"),
+            patterns=["{slide}.png"],
+            caption="../report/predict_maps.rst",
+            category="Predictions",
+            subcategory="{batch}",
+            labels={"slide": "{slide}"},
+        ),
+        work=directory(f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}/work"),
+    log:
+        "logs/predict/{dataset}/{method}/{batch}.log",
+    benchmark:
+        "results/benchmarks/predict/{dataset}/{method}/{batch}.tsv"
+    wildcard_constraints:
+        batch=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    conda:
+        "../envs/csmil.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    params:
+        encoders=lambda w: slide_encoders(w),
+        out_dir=lambda w: f"{RESULTS}/predict/{w.dataset}/{w.method}/{w.batch}",
+        n_bags=config["mil"]["n_test_bags"],
+        tissue_threshold=config["tiling"]["tissue_threshold"],
+        mask_mpp=config["tiling"]["mask_mpp"],
+        batch_size=config["embedding"]["batch_size"],
+        seed=lambda w: stage_seed("predict", w.dataset, w.method, w.batch),
+    script:
+        "../workflow_scripts/predict.py"

@@ -1,0 +1,15 @@
+"""Snakemake adapter: csmil.compare.compare_dataset."""
+
+from csmil.compare import compare_dataset
+from csmil.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+p = snakemake.params
+compare_dataset(
+    p.predictions,
+    p.reference,
+    snakemake.output[0],
+    n_folds=p.n_folds,
+    n_boot=p.n_boot,
+    seed=p.seed,
+)

@@ -1,0 +1,16 @@
+"""Snakemake adapter: csmil.report_tables.write_comparison_tables (Tables 1-3)."""
+
+from csmil.report_tables import write_comparison_tables
+from csmil.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+p = snakemake.params
+write_comparison_tables(
+    p.compare,
+    p.methods,
+    p.variants,
+    p.bag_mode,
+    p.reference,
+    dict(snakemake.output.items()),
+    n_boot=p.n_boot,
+)
