@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/toy.smk"
 include: "rules/tile.smk"
@@ -18,6 +21,10 @@ include: "rules/splits.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
+include: "rules/compare.smk"
+include: "rules/figures.smk"
+include: "rules/report.smk"
+include: "rules/predict.smk"
 
 
 rule all:

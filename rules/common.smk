@@ -1,4 +1,6 @@
 # Helpers shared by the rules: configuration, sample sheets and the path of every output.
+from pathlib import Path
+
 import csmil
 from csmil.config import dataset_sample_sheet, derive_seed, validate_config
 
@@ -126,7 +128,9 @@ def patient_feature_map(wildcards):
 
 def patient_phenotype_map(wildcards):
     """patient id -> its phenotype table, for the training script."""
-    return {p: phenotype_table(wildcards.dataset, p) for p in patients(wildcards.dataset)}
+    return {
+        p: phenotype_table(wildcards.dataset, p) for p in patients(wildcards.dataset)
+    }
 
 
 def mil_dir(dataset, method, fold):
@@ -158,10 +162,92 @@ def table5_metrics():
 
 def all_targets():
     targets = [metrics_file(ds, m) for ds in DATASETS for m in METHODS]
+    targets += [compare_file(ds) for ds in DATASETS]
+    targets += [
+        f"{RESULTS}/tables/table{n}.{ext}"
+        for n in (1, 2, 3, 4, 6)
+        for ext in ("csv", "md")
+    ]
+    targets += [
+        f"{RESULTS}/figures/{ds}/{name}"
+        for ds in DATASETS
+        for name in ("roc_pr.png", "scale_attention.png", "attention_maps")
+    ]
+    targets += [
+        f"{RESULTS}/tables/scale_attention.csv",
+        f"{RESULTS}/tables/scale_attention_tests.csv",
+    ]
     if TOY_DATASETS:
         targets += [f"{RESULTS}/tables/table5.csv", f"{RESULTS}/tables/table5.md"]
+        targets.append(f"{RESULTS}/tables/attention_localisation.csv")
     return targets
 
 
 def stage_seed(*keys):
     return derive_seed(config["seed"], *keys)
+
+
+# Comparison, figures, report and prediction.
+REFERENCE = config["tables"]["reference"]
+# every configured method, plus the reference when it is not listed (it is trained for the tests)
+COMPARED = METHODS + [m for m in [REFERENCE] if m not in METHODS]
+N_BOOT = 2000  # bootstrap resamples of the AP/AUC tests (pROC's default)
+
+
+def fold_files(dataset, method, name):
+    """One file of every fold of a method, e.g. its predictions.tsv."""
+    return [f"{mil_dir(dataset, method, f)}/{name}" for f in range(N_FOLDS)]
+
+
+def compare_file(dataset):
+    return f"{RESULTS}/{dataset}/compare.tsv"
+
+
+def compared_predictions(wildcards):
+    """method -> fold predictions of every compared method of a dataset."""
+    return {m: fold_files(wildcards.dataset, m, "predictions.tsv") for m in COMPARED}
+
+
+def toy_mask(dataset, slide):
+    return f"{RESULTS}/{dataset}/slides/{slide}.mask.png"
+
+
+def slide_paths(dataset, with_mask):
+    """slide id -> its slide, patch store and (toy cohorts, when asked) mask paths."""
+    out = {}
+    for slide in SAMPLES[dataset].index:
+        paths = {
+            "slide": SAMPLES[dataset].loc[slide, "path"],
+            "patches": patch_store(dataset, slide),
+        }
+        if with_mask and dataset in TOY_DATASETS:
+            paths["mask"] = toy_mask(dataset, slide)
+        out[slide] = paths
+    return out
+
+
+def cohort_of(dataset):
+    """The toy cohort of a dataset (micro, macro) or None for a real cohort."""
+    return config["datasets"][dataset].get("toy", {}).get("cohort")
+
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
+
+
+def predict_inputs(wildcards):
+    """The slides of predict/{batch}/ (any OpenSlide format), one method's fold models and the
+    dataset's encoders."""
+    folder = Path("predict") / wildcards.batch
+    slides = sorted(
+        str(p) for p in folder.glob("*") if p.suffix.lower() in SLIDE_SUFFIXES
+    )
+    if not slides:
+        raise ValueError(
+            f"no slides in {folder}/ (looked for {', '.join(SLIDE_SUFFIXES)}); put the new "
+            "slides there and ask for results/predict/{dataset}/{method}/{batch}/predictions.tsv"
+        )
+    return {
+        "slides": slides,
+        "models": fold_files(wildcards.dataset, wildcards.method, "model.pt"),
+        "encoders": list(slide_encoders(wildcards).values()),
+    }

@@ -1,27 +1,3 @@
-from pathlib import Path
-
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
-
-
-def predict_inputs(wildcards):
-    """The slides of predict/{batch}/ (any OpenSlide format), one method's fold models and the
-    dataset's encoders."""
-    folder = Path("predict") / wildcards.batch
-    slides = sorted(
-        str(p) for p in folder.glob("*") if p.suffix.lower() in SLIDE_SUFFIXES
-    )
-    if not slides:
-        raise ValueError(
-            f"no slides in {folder}/ (looked for {', '.join(SLIDE_SUFFIXES)}); put the new "
-            "slides there and ask for results/predict/{dataset}/{method}/{batch}/predictions.tsv"
-        )
-    return {
-        "slides": slides,
-        "models": fold_files(wildcards.dataset, wildcards.method, "model.pt"),
-        "encoders": list(slide_encoders(wildcards).values()),
-    }
-
-
 rule predict:
     """Score new slides (predict/{batch}/) with every fold model of a trained method; no retraining."""
     input:

@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list the MIL models and their parameter counts")
     s.add_argument("--in-dim", type=int, default=2048)
     s.set_defaults(func=cmd_models)
+
+    from csmil.predict import add_predict_parser
+
+    add_predict_parser(sub)
     return p
 
 

@@ -27,7 +27,9 @@ def to_markdown(
     lines = [f"**{title}**", ""] if title else []
     lines.append("| " + " | ".join(map(str, df.columns)) + " |")
     lines.append(
-        "|" + "|".join("---" if df[c].dtype == object else "---:" for c in df.columns) + "|"
+        "|"
+        + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns)
+        + "|"
     )
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
