@@ -158,20 +158,18 @@ def test_bad_arguments_are_named():
         render_toy_canvas("micro", 2, 0, 2048)
 
 
-def test_micro_crosses_visible_at_20x_only(micro_twins):
+def micro_scale_aucs(fields_of) -> tuple[dict[str, dict[str, float]], int]:
+    """AUC of every :func:`pixel_stats` statistic, positive vs negative micro fields, per scale.
+
+    ``fields_of`` yields ``(label, read, regions)``: ``read(cy, cx, side)`` returns the 64 px
+    patch of a field. One tile centre per region, on a 64 px grid as a 20x tile grid gives.
+    """
     stats: dict[str, dict[int, list[dict[str, float]]]] = {s: {0: [], 1: []} for s in FIELDS}
-    for pair in micro_twins:
-        regions = pair[1][2]["regions"]
-        assert regions == pair[0][2]["regions"]  # twins share their regions
-        for label in (0, 1):
-            with openslide.OpenSlide(str(pair[label][0])) as slide:
-                for region in regions:
-                    # a tile centre on a 64 px grid, as the tiler's 20x grid would give
-                    cy, cx = (int(region[k]) // 64 * 64 + 32 for k in ("cy", "cx"))
-                    for scale, side in FIELDS.items():
-                        stats[scale][label].append(pixel_stats(read_field(slide, cy, cx, side)))
-    n = len(stats["20x"][1])
-    assert n >= 12
+    for label, read, regions in fields_of:
+        for region in regions:
+            cy, cx = (int(region[k]) // 64 * 64 + 32 for k in ("cy", "cx"))
+            for scale, side in FIELDS.items():
+                stats[scale][label].append(pixel_stats(read(cy, cx, side)))
     aucs = {
         scale: {
             key: auc([s[key] for s in stats[scale][0]], [s[key] for s in stats[scale][1]])
@@ -179,6 +177,51 @@ def test_micro_crosses_visible_at_20x_only(micro_twins):
         }
         for scale in FIELDS
     }
+    return aucs, min(len(stats["20x"][0]), len(stats["20x"][1]))
+
+
+def macro_scale_aucs(canvases) -> tuple[dict[str, float], dict[str, int]]:
+    """Ellipse vs circle AUCs: dark-band aspect ratio of the 5x field centred on each ring, and
+    aspect ratio and dark fraction of every 20x tile (256 px grid) crossed by a ring's band.
+    Circles on positive slides are left out (they are negative instances)."""
+    values: dict[str, dict[str, list[float]]] = {
+        k: {"circle": [], "ellipse": []} for k in ("5x_aspect", "20x_aspect", "20x_dark")
+    }
+    thickness = RingStyle().thickness
+    for canvas in canvases:
+        size = canvas.rgb.shape[0]
+        for ring in canvas.info["rings"]:
+            shape = ring["shape"]
+            if canvas.info["label"] == 1 and shape == "circle":
+                continue
+            cy, cx = int(ring["cy"]), int(ring["cx"])  # centred on a 20x tile
+            field = area_patch(canvas.rgb[cy - 512 : cy + 512, cx - 512 : cx + 512])
+            values["5x_aspect"][shape].append(dark_aspect(field, 120.0))
+            geometry = (ring["cy"], ring["cx"], ring["a"], ring["b"], ring["theta"], thickness)
+            band, _, (sy, sx) = ring_layers(canvas.rgb.shape[:2], *geometry)
+            on_band = np.zeros(canvas.rgb.shape[:2], bool)
+            on_band[sy, sx] = band > 0.5
+            tiles = on_band.reshape(size // 256, 256, size // 256, 256).sum(axis=(1, 3))
+            for ty, tx in np.argwhere(tiles > 256 * 10):
+                patch = area_patch(canvas.rgb[ty * 256 : ty * 256 + 256, tx * 256 : tx * 256 + 256])
+                values["20x_aspect"][shape].append(dark_aspect(patch, 90.0))
+                values["20x_dark"][shape].append(float((patch.mean(axis=2) < 100).mean()))
+    aucs = {k: auc(v["circle"], v["ellipse"]) for k, v in values.items()}
+    counts = {f"{k}_{shape}": len(v[shape]) for k, v in values.items() for shape in v}
+    return aucs, counts
+
+
+def test_micro_crosses_visible_at_20x_only(micro_twins):
+    def fields_of():
+        for pair in micro_twins:
+            regions = pair[1][2]["regions"]
+            assert regions == pair[0][2]["regions"]  # twins share their regions
+            for label in (0, 1):
+                with openslide.OpenSlide(str(pair[label][0])) as slide:
+                    yield label, lambda cy, cx, side, s=slide: read_field(s, cy, cx, side), regions
+
+    aucs, n = micro_scale_aucs(fields_of())
+    assert n >= 12
     assert aucs["20x"]["white_fraction"] >= 0.9, aucs["20x"]
     for scale in ("10x", "5x"):
         for key, value in aucs[scale].items():
@@ -186,47 +229,16 @@ def test_micro_crosses_visible_at_20x_only(micro_twins):
 
 
 def test_macro_shape_visible_at_5x_only():
-    style = RingStyle()
-    aspect: dict[str, dict[str, list[float]]] = {
-        s: {"circle": [], "ellipse": []} for s in ("20x", "5x")
-    }
-    dark: dict[str, list[float]] = {"circle": [], "ellipse": []}
-    for seed in range(N_TWINS):
-        for label in (0, 1):
-            canvas = render_toy_canvas("macro", label, seed=200 + seed, size_px=SIZE)
-            for ring in canvas.info["rings"]:
-                shape = ring["shape"]
-                if label == 1 and shape == "circle":
-                    continue
-                cy, cx = int(ring["cy"]), int(ring["cx"])  # centred on a 20x tile
-                field = canvas.rgb[cy - 512 : cy + 512, cx - 512 : cx + 512]
-                aspect["5x"][shape].append(dark_aspect(area_patch(field), 120.0))
-                # every 20x tile (256 px grid) crossed by the ring's dark band
-                band, _, (sy, sx) = ring_layers(
-                    canvas.rgb.shape[:2],
-                    ring["cy"],
-                    ring["cx"],
-                    ring["a"],
-                    ring["b"],
-                    ring["theta"],
-                    style.thickness,
-                )
-                full = np.zeros(canvas.rgb.shape[:2], bool)
-                full[sy, sx] = band > 0.5
-                tiles = full.reshape(SIZE // 256, 256, SIZE // 256, 256).sum(axis=(1, 3))
-                for ty, tx in np.argwhere(tiles > 256 * 10):
-                    patch = area_patch(
-                        canvas.rgb[ty * 256 : ty * 256 + 256, tx * 256 : tx * 256 + 256]
-                    )
-                    aspect["20x"][shape].append(dark_aspect(patch, 90.0))
-                    dark[shape].append(float((patch.mean(axis=2) < 100).mean()))
-    assert len(aspect["5x"]["ellipse"]) >= 5 and len(aspect["5x"]["circle"]) >= 5
-    auc_5x = auc(aspect["5x"]["circle"], aspect["5x"]["ellipse"])
-    auc_20x = auc(aspect["20x"]["circle"], aspect["20x"]["ellipse"])
-    auc_20x_dark = auc(dark["circle"], dark["ellipse"])
-    assert auc_5x >= 0.9, aspect["5x"]
-    assert abs(auc_20x - 0.5) <= 0.2, auc_20x
-    assert abs(auc_20x_dark - 0.5) <= 0.2, auc_20x_dark
+    canvases = (
+        render_toy_canvas("macro", label, seed=200 + seed, size_px=SIZE)
+        for seed in range(N_TWINS)
+        for label in (0, 1)
+    )
+    aucs, counts = macro_scale_aucs(canvases)
+    assert counts["5x_aspect_ellipse"] >= 5 and counts["5x_aspect_circle"] >= 5
+    assert aucs["5x_aspect"] >= 0.9, aucs
+    assert abs(aucs["20x_aspect"] - 0.5) <= 0.2, aucs
+    assert abs(aucs["20x_dark"] - 0.5) <= 0.2, aucs
 
 
 def test_sample_sheet_balanced_and_deterministic(tmp_path):

@@ -3,14 +3,16 @@
 Two cohorts, each a set of real pyramidal TIFFs in Aperio SVS layout (0.5 µm/px, AppMag 20,
 levels at downsample 1/4/16) over an H&E-like background with glass around the tissue:
 
-* ``micro`` (Micro-anomaly): positive slides carry small white crosses inside a few
-  positive regions. A cross is visible in a 20x patch (a 256 px field area-resized to 64 px)
-  and averages away in the 10x and 5x patches (512 and 1024 px fields), because a dark rim
-  around it gives back exactly the colour its white core took.
-* ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, 510-740 px across. A 5x
-  field holds a whole ring and shows its shape; a 20x field shows only a piece of band. Positive
-  slides hold at least one ellipse (and may hold circles), negative slides only circles, all
-  enclosing the same areas with the same band, so only the shape tells them apart.
+* ``micro`` (Micro-anomaly): positive slides carry small white crosses (arms 3 px thick, about
+  38 px across, turned off the pixel axes) inside a few disc-shaped positive regions. A cross is
+  visible in a 20x patch (a 256 px field area-resized to 64 px) and averages away in the 10x and
+  5x patches (512 and 1024 px fields), because a dark rim along each arm takes back exactly the
+  colour its white core adds. Negative slides have the same regions, left plain.
+* ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, 510-710 px across,
+  centred on 20x tile centres. A 5x field holds a whole ring and shows its shape; a 20x field
+  shows only a piece of band. Positive slides hold at least one ellipse (axis ratio 1.5) and
+  may hold circles, negative slides only circles; every ring encloses the area of a circle of
+  the same radius range with the same band, so only the shape tells them apart.
 
 Beside each slide a PNG mask marks the positive regions (uint8 0/255, level-0 size divided by
 the mask downsample, which is stored in the PNG text chunk ``csmil_mask_downsample``).
@@ -111,7 +113,13 @@ def render_toy_canvas(
 
     Objects (micro regions, macro rings) are placed first, identically for both labels, and the
     tissue outline is made to contain them; only then does ``label`` decide what is drawn: crosses
-    or nothing in the micro regions, ellipses or circles in the macro rings.
+    or nothing in the micro regions, ellipses or circles in the macro rings. So a negative and a
+    positive slide with one seed are twins that differ only by the anomaly.
+
+    ``info`` holds ``cohort, label, seed, size_px, tissue_fraction, positive_fraction`` and, for
+    micro, ``n_regions, n_crosses`` and ``regions`` (centre ``cy, cx`` and ``radius`` in level-0
+    px; listed on negative slides too, where they stay plain); for macro, ``n_ellipses,
+    n_circles`` and ``rings`` (``cy, cx``, outer semi-axes ``a, b``, angle ``theta``, ``shape``).
     """
     _check_args(cohort, label, size_px)
     cross = cross or CrossStyle()
@@ -200,7 +208,7 @@ def write_toy_mask(path: str | os.PathLike, positive: np.ndarray, downsample: in
     meta = PngImagePlugin.PngInfo()
     meta.add_text(MASK_KEY, str(int(downsample)))
     with atomic_path(path) as tmp:
-        Image.fromarray(small, mode="L").save(tmp, format="PNG", pnginfo=meta)
+        Image.fromarray(small).save(tmp, format="PNG", pnginfo=meta)
 
 
 def read_toy_mask(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -166,11 +166,11 @@ class CrossStyle:
     balanced cross-section in two; a slanted arm is cut at an angle and still cancels.
     """
 
-    arm: int = 12
+    arm: int = 16
     core: float = 3.0
     rim: float = 1.5
     angle: tuple[float, float] = (15.0, 75.0)
-    whiten: float = 0.9
+    whiten: float = 1.0
     spacing: int = 100  # mean distance between crosses in a positive region (jittered grid)
     supersample: int = 4  # sub-pixels per pixel side when rasterising the slanted cross
 
