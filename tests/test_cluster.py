@@ -22,7 +22,14 @@ def test_patient_clusters_recover_blobs_across_slides(tmp_path):
     df = cluster_patient(
         [tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "p.tsv", n_clusters=4, seed=0
     )
-    assert df.columns.tolist() == ["slide_id", "patch_index", "cluster"]
+    assert df.columns.tolist() == [
+        "slide_id",
+        "patch_index",
+        "cluster",
+        "cluster_10x",
+        "cluster_5x",
+        "cluster_all",
+    ]
     assert df["slide_id"].tolist() == ["a"] * 20 + ["b"] * 20
     assert df["patch_index"].tolist() == list(range(20)) * 2
     # each blob of 10 is one cluster, four distinct clusters in all
@@ -53,3 +60,24 @@ def test_empty_patient_gives_empty_table(tmp_path):
     )
     df = cluster_patient([tmp_path / "e.h5"], tmp_path / "p.tsv", n_clusters=8, seed=0)
     assert len(df) == 0 and (tmp_path / "p.tsv").exists()
+
+
+def test_each_scale_is_clustered_on_its_own_features(tmp_path):
+    rng = np.random.default_rng(2)
+    # 20x features split patches into halves A/B; 5x features into odd/even patches
+    half = np.repeat([0, 1], 10)
+    parity = np.tile([0, 1], 10)
+    f20 = (half[:, None] * 10 + 0.01 * rng.standard_normal((20, 3))).astype(np.float32)
+    f5 = (parity[:, None] * 10 + 0.01 * rng.standard_normal((20, 3))).astype(np.float32)
+    feats = {"20x": f20, "10x": f20, "5x": f5}
+    write_features(tmp_path / "a.h5", "a", feats, np.zeros((20, 2)), {s: "e" for s in SCALES})
+    df = cluster_patient([tmp_path / "a.h5"], tmp_path / "p.tsv", n_clusters=2, seed=0)
+
+    def same_partition(labels, truth):
+        return len(set(zip(labels, truth, strict=True))) == 2
+
+    assert same_partition(df["cluster"], half)
+    assert same_partition(df["cluster_10x"], half)
+    assert same_partition(df["cluster_5x"], parity)
+    assert not same_partition(df["cluster_5x"], half)
+    assert df["cluster_all"].nunique() == 2

@@ -55,6 +55,8 @@ def make_cohort(n_patients=40, n_folds=4, seed=0, empty=()):
                 slides,
                 patch,
                 {f"{pid}_a": n // 2, f"{pid}_b": n - n // 2},
+                # the same phenotypes for every clustering choice
+                {c: clusters.astype(np.int64) for c in ("10x", "5x", "all")},
             )
         )
         rows.append((pid, label, (i // 2) % n_folds))
@@ -253,3 +255,12 @@ def test_attention_is_averaged_over_the_bags_a_patch_appears_in():
     assert df["n_bags"].tolist() == [1, 2, 1]  # patch 11 twice in bag 0 counts once
     np.testing.assert_allclose(df["instance"], [0.2, 0.35, 0.7])
     np.testing.assert_allclose(df["scale_5x"], [0.2, 0.5, 0.2])
+
+
+def test_default_clustering_follows_the_model():
+    from csmil.train import default_clustering
+
+    assert default_clustering("deepattnmisl", {"scale": "5x"}) == "5x"
+    assert default_clustering("deepattnmisl", {}) == "20x"
+    assert default_clustering("deepattnmisl_multi", {}) == "all"
+    assert default_clustering("csmil", {"fusion": "mean"}) == "20x"

@@ -2,7 +2,9 @@
 
 A patient's instances are all patches of all of its slides; instance ``i`` carries the
 co-centred 20x, 10x and 5x features of one patch and that patch's phenotype cluster (k-means on
-the patient's 20x features, written by :mod:`csmil.cluster`).
+the patient's 20x features by default, written by :mod:`csmil.cluster`; the other clusterings
+of the phenotype table, at 10x, 5x or on all scales, are kept in ``phenotypes`` and chosen
+with :meth:`PatientBags.with_clustering`).
 
 Bag sampling follows the authors' released code (reference notes §3.2):
 
@@ -22,13 +24,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
 from csmil import SCALES
+from csmil.cluster import CLUSTER_COLUMNS
 from csmil.featurestore import read_features
 from csmil.io import read_tsv
 from csmil.models import MILBatch
@@ -60,6 +63,21 @@ class PatientBags:
     slide_ids: np.ndarray
     patch_index: np.ndarray
     slides: dict[str, int] = field(default_factory=dict)
+    phenotypes: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # ``clusters`` is the default (20x) clustering when no others are given
+        self.phenotypes = {"20x": self.clusters, **self.phenotypes}
+
+    def with_clustering(self, clustering: str) -> PatientBags:
+        """The same patient with ``clusters`` taken from another clustering (``"20x"``,
+        ``"10x"``, ``"5x"`` or ``"all"``)."""
+        if clustering not in self.phenotypes:
+            raise ValueError(
+                f"patient {self.patient_id!r}: no {clustering!r} clustering in its phenotype "
+                f"table (has {sorted(self.phenotypes)}); re-run the cluster step"
+            )
+        return replace(self, clusters=self.phenotypes[clustering])
 
     @property
     def n(self) -> int:
@@ -82,7 +100,9 @@ class PatientBags:
             )
 
 
-def _phenotype_clusters(table: pd.DataFrame, slide_id: str, n: int, source: str) -> np.ndarray:
+def _phenotype_clusters(
+    table: pd.DataFrame, slide_id: str, n: int, source: str, column: str = "cluster"
+) -> np.ndarray:
     """Cluster id per patch of one slide, (n,) int64, checking the table covers each patch once."""
     rows = table[table["slide_id"] == slide_id]
     idx = rows["patch_index"].to_numpy(dtype=np.int64)
@@ -101,7 +121,7 @@ def _phenotype_clusters(table: pd.DataFrame, slide_id: str, n: int, source: str)
             f"{missing}, repeated {repeated}; re-run clustering for this patient"
         )
     clusters = np.empty(n, dtype=np.int64)
-    clusters[idx] = rows["cluster"].to_numpy(dtype=np.int64)
+    clusters[idx] = rows[column].to_numpy(dtype=np.int64)
     return clusters
 
 
@@ -127,7 +147,9 @@ def load_patient(
             f"{phenotype_tsv}: missing columns {missing_cols}; expected {list(PHENOTYPE_COLUMNS)}"
         )
     feats: dict[str, list[np.ndarray]] = {s: [] for s in scales}
-    clusters, slide_col, patch_col = [], [], []
+    columns = {name: col for name, col in CLUSTER_COLUMNS.items() if col in table.columns}
+    clusters: dict[str, list[np.ndarray]] = {name: [] for name in columns}
+    slide_col, patch_col = [], []
     slides: dict[str, int] = {}
     dims: dict[str, int] = {}
     for path in feature_paths:
@@ -136,7 +158,10 @@ def load_patient(
             raise ValueError(f"patient {patient_id!r}: slide {sf.slide_id!r} is listed twice")
         slides[sf.slide_id] = sf.n
         dims[str(path)] = sf.dim
-        clusters.append(_phenotype_clusters(table, sf.slide_id, sf.n, str(phenotype_tsv)))
+        for name, col in columns.items():
+            clusters[name].append(
+                _phenotype_clusters(table, sf.slide_id, sf.n, str(phenotype_tsv), col)
+            )
         for s in scales:
             feats[s].append(np.asarray(sf.features[s], dtype=np.float32))
         slide_col.append(np.full(sf.n, sf.slide_id, dtype=object))
@@ -151,11 +176,13 @@ def load_patient(
             f"{phenotype_tsv}: rows for slides {unknown} that are not among the patient's "
             f"feature stores {sorted(slides)}; re-run clustering for patient {patient_id!r}"
         )
+    phenotypes = {name: np.concatenate(ids) for name, ids in clusters.items()}
     return PatientBags(
         patient_id=str(patient_id),
         label=int(label),
         features={s: np.concatenate(feats[s], axis=0) for s in scales},
-        clusters=np.concatenate(clusters),
+        clusters=phenotypes["20x"],
+        phenotypes=phenotypes,
         slide_ids=np.concatenate(slide_col),
         patch_index=np.concatenate(patch_col),
         slides=slides,

@@ -1,7 +1,11 @@
-"""Per-patient phenotype clusters: k-means on the patient's 20x features (authors' code §1.2).
+"""Per-patient phenotype clusters: k-means on the patient's features (authors' code §1.2).
 
-The cluster of a patch is shared by its three scales; bags draw patches from every cluster.
-Output TSV columns: ``slide_id, patch_index, cluster``.
+The authors cluster each patient's 20x features; the cluster of a patch is shared by its three
+scales and bags draw patches from every cluster. Single-scale baselines cluster at their own
+scale and the scales-as-instances baseline on all scales together, so the table holds one
+clustering per choice. Output TSV columns: ``slide_id, patch_index, cluster`` (20x, the
+default), ``cluster_10x``, ``cluster_5x`` and ``cluster_all`` (the three scales' features
+concatenated, each scale standardised first so that none dominates).
 """
 
 from __future__ import annotations
@@ -13,10 +17,19 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from csmil import SCALES
 from csmil.featurestore import read_features
 from csmil.io import write_tsv
 
 log = logging.getLogger(__name__)
+
+#: Clustering name -> phenotype table column.
+CLUSTER_COLUMNS: dict[str, str] = {
+    "20x": "cluster",
+    "10x": "cluster_10x",
+    "5x": "cluster_5x",
+    "all": "cluster_all",
+}
 
 
 def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
@@ -47,28 +60,37 @@ def cluster_patient(
     out_tsv: str | os.PathLike,
     n_clusters: int = 8,
     seed: int = 0,
-    scale: str = "20x",
 ) -> pd.DataFrame:
-    """Fit k-means on all patches of one patient's slides (``scale`` features) and write the
-    phenotype table. Returns it. A patient without patches gets an empty table (logged)."""
-    slides, idx, feats = [], [], []
+    """Fit k-means on all patches of one patient's slides, once per clustering (20x, 10x, 5x
+    and all scales), and write the phenotype table. Returns it. A patient without patches gets
+    an empty table (logged)."""
+    slides, idx = [], []
+    feats: dict[str, list[np.ndarray]] = {s: [] for s in SCALES}
     for path in feature_paths:
-        sf = read_features(path, scales=(scale,))
+        sf = read_features(path, scales=SCALES)
         slides += [sf.slide_id] * sf.n
         idx.append(np.arange(sf.n))
-        feats.append(sf.features[scale])
-    x = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
-    if len(x) == 0:
+        for s in SCALES:
+            feats[s].append(sf.features[s])
+    x = {s: np.concatenate(f) if f else np.zeros((0, 1), np.float32) for s, f in feats.items()}
+    n = len(x["20x"])
+    if n == 0:
         log.warning("no patches in %s: writing an empty phenotype table", list(feature_paths))
-    labels = kmeans_labels(x, n_clusters, seed)
+    x["all"] = np.concatenate([_standardise(x[s]) for s in SCALES], axis=1)
     df = pd.DataFrame(
-        {
-            "slide_id": slides,
-            "patch_index": np.concatenate(idx) if idx else np.zeros(0, np.int64),
-            "cluster": labels,
-        }
+        {"slide_id": slides, "patch_index": np.concatenate(idx) if idx else np.zeros(0, np.int64)}
     )
+    for clustering, column in CLUSTER_COLUMNS.items():
+        df[column] = kmeans_labels(x[clustering], n_clusters, seed)
+        sizes = np.bincount(df[column], minlength=n_clusters) if n else []
+        log.info("%s clustering: %d patches, cluster sizes %s", clustering, n, list(sizes))
     write_tsv(df, out_tsv)
-    sizes = np.bincount(labels, minlength=n_clusters) if len(labels) else []
-    log.info("%d patches in %d clusters (sizes %s)", len(df), n_clusters, list(sizes))
     return df
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Zero-mean, unit-variance columns (constant columns stay zero)."""
+    if len(x) == 0:
+        return x
+    sd = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)

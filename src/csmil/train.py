@@ -313,6 +313,17 @@ def _test_tables(model, source, test_w, fold, n_test_bags, rng, eval_batch_bags)
     return preds, attention
 
 
+def default_clustering(registry_name: str, model_options: Mapping[str, Any]) -> str:
+    """Phenotype clustering a model's bags use unless told otherwise: a single-scale model
+    clusters at its own scale, the scales-as-instances model on all scales together, every
+    other model (CS-MIL included, as the authors' code) on 20x features."""
+    if "scale" in model_options:
+        return str(model_options["scale"])
+    if registry_name == "deepattnmisl_multi":
+        return "all"
+    return "20x"
+
+
 def train_fold(
     patients: Sequence[PatientBags],
     splits: pd.DataFrame | str | os.PathLike,
@@ -339,8 +350,10 @@ def train_fold(
     attention.tsv (to ``out_dir``, or per output name in ``paths``: model, history, predictions,
     attention). See the module docstring for the procedure.
 
-    ``method`` and ``options`` go through :func:`csmil.models.resolve_method`; an option
-    ``bag_mode`` is a training option (overriding the argument) and is not passed to the model.
+    ``method`` and ``options`` go through :func:`csmil.models.resolve_method`; the options
+    ``bag_mode`` and ``clustering`` are training options (overriding the arguments) and are not
+    passed to the model. ``clustering`` picks the phenotype clusters bags are drawn from
+    (``"20x"``, ``"10x"``, ``"5x"``, ``"all"``); by default :func:`default_clustering`.
     Feature size D comes from the patients. Returns a summary (epochs, best epoch and losses,
     patient counts, parameter count, seconds).
     """
@@ -354,13 +367,15 @@ def train_fold(
         )
     options = dict(options or {})
     bag_mode = options.pop("bag_mode", bag_mode)
+    clustering = options.pop("clustering", None)
     registry_name, model_options = resolve_method(method, options)
+    clustering = clustering or default_clustering(registry_name, model_options)
     out = _output_paths(out_dir, paths)
     train_ids, val_ids, test_ids = fold_partition(splits, fold, n_folds)
     if not train_ids:
         raise ValueError(f"fold {fold} has no training patients")
     roles = {"training": train_ids, "validation": val_ids, "test": test_ids}
-    chosen = _select_patients(patients, splits, roles)
+    chosen = [p.with_clustering(clustering) for p in _select_patients(patients, splits, roles)]
     set_threads(num_threads)
     dev = select_device(device)
     source = PatientBagSource(chosen, n_clusters=n_clusters, bag_mode=bag_mode, device=dev)
@@ -374,7 +389,7 @@ def train_fold(
     n_params = count_parameters(model)
     log.info(
         f"{method} ({registry_name} {model_options}, {n_params} parameters), fold {fold}: "
-        f"{counts}, {bag_mode} bags"
+        f"{counts}, {bag_mode} bags from the {clustering} clustering"
     )
     if not len(val_w):
         log.warning("fold %d has no validation patients: selecting on the training loss", fold)
@@ -418,6 +433,7 @@ def train_fold(
         "accumulate": int(accumulate),
         "n_test_bags": int(n_test_bags),
         "n_clusters": int(n_clusters),
+        "clustering": clustering,
         "bag_mode": bag_mode,
         "seed": int(seed),
         "n_folds": int(n_folds if n_folds is not None else splits["fold"].max() + 1),
