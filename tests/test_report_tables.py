@@ -54,6 +54,9 @@ def test_method_spec_fills_defaults_and_bag_mode(specs):
     assert by["csmil_tanh"].options["shared_embedding"] is True
     assert display_name(by["deepattnmisl_20x"]) == "DeepAttnMISL (20x)"
     assert setting(by["deepattnmisl_20x"]) == ("Single", "20x")
+    assert setting(method_spec("deepattnmisl_5x")) == ("Single", "5x")
+    assert setting(method_spec("deepattnmisl_multi")) == ("Multiple", "all")
+    assert setting(method_spec("csmil")) == ("Multiple", "20x")
     assert setting(by["csmil_naive"]) == ("Multiple", "none (random bags)")
 
 

@@ -40,7 +40,7 @@ from csmil.models import (
     resolve_method,
 )
 from csmil.tables import to_markdown
-from csmil.train import fold_partition
+from csmil.train import default_clustering, fold_partition
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class MethodSpec:
     model: str
     options: dict[str, Any] = field(default_factory=dict)
     bag_mode: str = "cluster"
+    clustering: str = "20x"
 
     def key(self) -> tuple:
         """What identifies the trained model; scorer options are moot without a scorer."""
@@ -108,8 +109,10 @@ def method_spec(
     default filled in; ``bag_mode`` is the run's default, overridden by the variant's."""
     opts = dict((variants or {}).get(method, {}))
     mode = opts.pop("bag_mode", bag_mode)
+    clustering = opts.pop("clustering", None)
     name, given = resolve_method(method, opts)
-    return MethodSpec(method, name, {**model_options(name), **given}, mode)
+    clustering = clustering or default_clustering(name, given)
+    return MethodSpec(method, name, {**model_options(name), **given}, mode, clustering)
 
 
 def display_name(spec: MethodSpec) -> str:
@@ -118,11 +121,12 @@ def display_name(spec: MethodSpec) -> str:
     return f"{base} ({spec.options['scale']})" if "scale" in spec.options else base
 
 
-def setting(spec: MethodSpec, clustering_scale: str = "20x") -> tuple[str, str]:
+def setting(spec: MethodSpec) -> tuple[str, str]:
     """``(patch scale, clustering)`` of Table 1: "Single"/"Multiple" scales; the scale whose
-    features the phenotype clusters come from, or "none (random bags)" for naive bags."""
+    features the phenotype clusters come from ("all" for all scales together), or
+    "none (random bags)" for naive bags."""
     patch = "Single" if "scale" in spec.options else "Multiple"
-    clustering = clustering_scale if spec.bag_mode == "cluster" else "none (random bags)"
+    clustering = spec.clustering if spec.bag_mode == "cluster" else "none (random bags)"
     return patch, clustering
 
 
@@ -209,7 +213,6 @@ def table1(
     comparisons: Mapping[str, pd.DataFrame],
     specs: Sequence[MethodSpec],
     reference: str,
-    clustering_scale: str = "20x",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1: every method except the ablation variants of Tables 2/3, reference last.
 
@@ -221,7 +224,7 @@ def table1(
     chosen += [s for s in specs if s.method == reference]
     labelled = []
     for s in chosen:
-        patch, clustering = setting(s, clustering_scale)
+        patch, clustering = setting(s)
         labelled.append(
             ({"model": display_name(s), "patch_scale": patch, "clustering": clustering}, s.method)
         )
