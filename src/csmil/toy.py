@@ -127,14 +127,15 @@ def render_toy_canvas(
     rng = np.random.default_rng(seed)
     coverage = float(rng.uniform(0.6, 0.8))
     margin = FIELD_5X_PX / 2
+    more = max(1.0, (size_px / 3072) ** 2)  # larger slides get proportionally more objects
     if cohort == "micro":
-        radii = rng.uniform(230.0, 300.0, int(rng.integers(2, 5)))
+        radii = rng.uniform(230.0, 300.0, int(round(rng.integers(2, 5) * more)))
         objects = _place_discs(rng, size_px, radii, margin, gap=TILE_PX)
         anchors = [(cy, cx, r + 64.0) for cy, cx, r in objects]
     else:
         # A ring's centred 5x field (1024 px square) must show no part of another ring.
         extent = ring.max_extent
-        n_rings = int(rng.integers(3, 6))
+        n_rings = int(round(rng.integers(3, 6) * more))
         objects = _place_discs(
             rng,
             size_px,

@@ -132,17 +132,23 @@ def he_tissue(
     np.clip(nuclei, 0.0, 0.92, out=nuclei)
 
     # Every channel is one linear mix of five fields: glass, light and deep eosin, nuclei and
-    # grain, so the canvas is a single (3, 5) @ (5, N) product.
+    # grain, so each strip of rows is a single (3, 5) @ (5, n) product.
     grain = rng.integers(-4, 5, (size, size), dtype=np.int8)  # uniform, sd 2.6
-    fields = np.empty((5, size, size), dtype=np.float32)
-    np.subtract(1.0, alpha, out=fields[0])
-    stained = alpha * (1.0 - nuclei)  # tissue not covered by nuclei
-    np.multiply(stained, 1.0 - stroma, out=fields[1])
-    np.multiply(stained, stroma, out=fields[2])
-    np.multiply(alpha, nuclei, out=fields[3])
-    np.multiply(alpha, grain, out=fields[4])
-    mix = np.stack([GLASS, EOSIN_LIGHT, EOSIN_DEEP, HAEMATOXYLIN, np.ones(3, np.float32)])
-    return (mix.T @ fields.reshape(5, -1)).reshape(3, size, size)
+    mix_t = np.stack([GLASS, EOSIN_LIGHT, EOSIN_DEEP, HAEMATOXYLIN, np.ones(3, np.float32)]).T
+    out = np.empty((3, size, size), dtype=np.float32)
+    rows = max(1, 2**18 // size)  # strips of about 256k pixels stay in cache
+    for r0 in range(0, size, rows):
+        band = slice(r0, min(r0 + rows, size))
+        a, n, st = alpha[band], nuclei[band], stroma[band]
+        fields = np.empty((5,) + a.shape, dtype=np.float32)
+        np.subtract(1.0, a, out=fields[0])
+        stained = a * (1.0 - n)  # tissue not covered by nuclei
+        np.multiply(stained, 1.0 - st, out=fields[1])
+        np.multiply(stained, st, out=fields[2])
+        np.multiply(a, n, out=fields[3])
+        np.multiply(a, grain[band], out=fields[4])
+        out[:, band] = (mix_t @ fields.reshape(5, -1)).reshape((3,) + a.shape)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
