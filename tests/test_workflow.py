@@ -65,6 +65,20 @@ def test_table5_has_real_numbers(tiny_run):
     assert "| csmil |" in md
 
 
+def test_tables_and_figures_are_written(tiny_run):
+    res = tiny_run / "results"
+    for n in (1, 2, 3, 4, 6):
+        assert (res / "tables" / f"table{n}.csv").stat().st_size > 0
+        assert (res / "tables" / f"table{n}.md").read_text().count("|") > 10
+    t6 = pd.read_csv(res / "tables" / "table6.csv")
+    assert len(t6) >= len(configured_methods())
+    for ds in ("micro", "macro"):
+        assert (res / "figures" / ds / "roc_pr.png").stat().st_size > 10_000
+        assert any((res / "figures" / ds / "attention_maps").glob("*.png"))
+    loc = pd.read_csv(res / "tables" / "attention_localisation.csv")
+    assert {"dataset", "method", "auroc"} <= set(loc.columns)
+
+
 def test_every_stage_left_its_outputs(tiny_run):
     from csmil.featurestore import read_features
     from csmil.patchstore import open_patch_store
