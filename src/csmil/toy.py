@@ -320,7 +320,7 @@ def toy_sample_sheet(
                     "label": int(labels[p]),
                     "cohort": cohort,
                     "seed": slide_seed(seed, len(rows)),
-                    "mask_path": str(Path(slides_dir) / f"{slide_id}_mask.png"),
+                    "mask_path": str(Path(slides_dir) / f"{slide_id}.mask.png"),
                     "pretrain": bool(pretrain[p]),
                 }
             )
