@@ -116,6 +116,9 @@ class SlurmCluster:
     gpus : fake GPUs the node offers (``Gres=gpu:<gpus>``), at least 1.
     accounting : run slurmdbd with a private MariaDB so that ``sacct`` works; without it,
         ``sacct`` fails as on clusters without slurmdbd and jobs are read with ``scontrol``.
+    cpus : CPUs the node offers; more than the machine has lets short jobs overlap (the
+        node then trusts the configuration, ``SlurmdParameters=config_overrides``); None:
+        the machine's own.
     min_job_age : seconds a finished job stays visible to ``squeue``/``scontrol``
         (``MinJobAge``); above the SLURM executor plugin's 180 s maximum poll interval.
     lifetime_s : hard limit on every daemon's life (``timeout -s KILL``), in seconds.
@@ -125,6 +128,7 @@ class SlurmCluster:
     partitions: tuple[str, ...] = ("cpu", "gpu")
     gpus: int = 1
     accounting: bool = True
+    cpus: int | None = None
     min_job_age: int = 600
     lifetime_s: int = 1800
     cluster_name: str = "csmiltest"
@@ -217,8 +221,10 @@ class SlurmCluster:
         for name in ("slurmctld", "slurmd", "slurmdbd", "mariadb"):
             p.setdefault(name, _free_port())
         hw = _node_hardware()
+        overcommit = self.cpus is not None and self.cpus > int(hw.get("CPUs", "1"))
+        if overcommit:
+            hw = {"CPUs": str(self.cpus), "RealMemory": hw.get("RealMemory", "1000")}
         node_hw = " ".join(f"{k}={v}" for k, v in hw.items())
-        self.cpus = int(hw.get("CPUs", "1"))
         self.memory_mb = int(hw.get("RealMemory", "1000"))
         sock = self.root / "munge" / "munge.socket"
         r = self.root
@@ -259,6 +265,8 @@ class SlurmCluster:
             "InactiveLimit=0",
             "Waittime=0",
         ]
+        if overcommit:
+            lines.append("SlurmdParameters=config_overrides")
         if self.accounting:
             lines += [
                 "AccountingStorageType=accounting_storage/slurmdbd",
