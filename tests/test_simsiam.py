@@ -122,7 +122,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_model_shapes_and_loss_range():
     net, dim = build_backbone("resnet18")
-    assert dim == 512 and isinstance(net.fc, torch.nn.Identity)
+    assert dim == 512 and not hasattr(net, "fc")
     model = SimSiam(net, dim)
     assert [type(m).__name__ for m in model.projector] == [
         "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d",
@@ -208,3 +208,91 @@ def test_patch_sample_cache_equals_lazy_reads(stores, max_patches):
     store_i, row = cached.refs[idx[0]]
     with open_patch_store(stores[store_i]) as st:
         assert np.array_equal(got[0], st.read("10x", np.array([row]))[0])
+
+
+def test_default_readout_is_torchvision_average_of_layer4():
+    import torchvision
+
+    net, _ = build_backbone("resnet18")
+    ref = torchvision.models.resnet18(weights=None)
+    ref.fc = torch.nn.Identity()
+    ref.load_state_dict(net.state_dict())  # strict: the same keys as torchvision without fc
+    x = torch.randn(3, 3, PX, PX)
+    with torch.inference_mode():
+        assert torch.allclose(net.eval()(x), ref.eval()(x), atol=1e-6)
+
+
+def test_pooling_and_layers_set_width_and_order_responses():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, PX, PX)
+    feats = {}
+    for pooling in ("avg", "gem", "max"):
+        torch.manual_seed(1)  # same weights for each read-out
+        net, dim = build_backbone("resnet18", pooling, ("layer4", "layer2"))
+        assert dim == 128 + 512
+        with torch.inference_mode():
+            feats[pooling] = net.eval()(x)
+        assert feats[pooling].shape == (4, dim)
+    # post-ReLU maps are non-negative: mean <= cubic mean <= max, strictly on some channels
+    assert (feats["avg"] <= feats["gem"] + 1e-5).all() and (
+        feats["gem"] <= feats["max"] + 1e-5
+    ).all()
+    assert (feats["max"] > feats["avg"] + 1e-3).any()
+    # the layer2 block comes first (stage order) and equals layer2's pooled map
+    torch.manual_seed(1)
+    net = build_backbone("resnet18", "max", ("layer4", "layer2"))[0].eval()
+    with torch.inference_mode():
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        l2 = net.layer2(net.layer1(h)).amax(dim=(2, 3))
+    assert torch.allclose(feats["max"][:, :128], l2)
+    assert build_backbone("resnet50", "avg", ("layer3", "layer4"))[1] == 1024 + 2048
+
+
+def test_small_bright_spot_survives_max_pooling_better_than_average():
+    """A 2x2 spot on a flat patch moves max-pooled features more than averaged ones."""
+    flat = torch.zeros(1, 3, PX, PX)
+    spot = flat.clone()
+    spot[..., 10:12, 20:22] = 3.0
+    shift = {}
+    for pooling in ("avg", "max"):
+        torch.manual_seed(2)
+        net = build_backbone("resnet18", pooling, ("layer1",))[0].eval()
+        with torch.inference_mode():
+            a, b = net(flat), net(spot)
+        shift[pooling] = ((b - a).norm() / a.norm().clamp(min=1e-6)).item()
+    assert shift["max"] > 2 * shift["avg"]
+
+
+def test_readout_options_are_validated():
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        build_backbone("resnet18", "median")
+    with pytest.raises(ValueError, match="layers must be a non-empty subset"):
+        build_backbone("resnet18", "avg", ("layer5",))
+    with pytest.raises(ValueError, match="layers must be a non-empty subset"):
+        build_backbone("resnet18", "avg", ())
+
+
+def test_readout_is_stored_and_used_by_load_encoder(stores, trained, tmp_path):
+    out, summary = trained
+    kw = {**FAST, "epochs": 1}
+    s = train_simsiam(stores, "10x", tmp_path / "g.pt", seed=3, pooling="gem",
+                      layers=["layer3", "layer4"], **kw)  # fmt: skip
+    ckpt = torch.load(tmp_path / "g.pt", weights_only=True)
+    assert ckpt["pooling"] == "gem" and ckpt["layers"] == ["layer3", "layer4"]
+    assert ckpt["feature_dim"] == 768 and ckpt["config"]["pooling"] == "gem"
+    net, meta = load_encoder(tmp_path / "g.pt")
+    x = normalize(torch.randint(0, 256, (2, 3, PX, PX), dtype=torch.uint8))
+    with torch.inference_mode():
+        f = net(x)
+        fresh = build_backbone("resnet18", "gem", ("layer3", "layer4"))[0].eval()
+        fresh.load_state_dict(ckpt["state_dict"])
+        assert f.shape == (2, 768) and torch.equal(f, fresh(x))
+    assert meta["encoder_id"] == s["encoder_id"]
+    # same weights, other read-out: another encoder id; the default read-out keeps its id
+    assert encoder_id({**ckpt, "pooling": "avg", "layers": ["layer4"]}) != s["encoder_id"]
+    plain = torch.load(out, weights_only=True)
+    legacy = {k: v for k, v in plain.items() if k not in ("pooling", "layers")}
+    assert encoder_id(legacy) == summary["encoder_id"]
+    torch.save({**ckpt, "feature_dim": 512}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="feature_dim=512"):
+        load_encoder(tmp_path / "bad.pt")

@@ -14,8 +14,13 @@ used, drawn uniformly without replacement over all stores with the seed. When th
 fit in ``cache_mb`` they are read once and held in memory as uint8; otherwise each batch is
 read lazily from the stores, so memory stays bounded by one batch whatever the cohort size.
 
+The backbone's feature is read out by global ``pooling`` (average, max or GeM) of one or more
+ResNet stages (``layers``), concatenated; the default, the average of the last stage, is
+torchvision's. Max or GeM pooling and shallower stages keep a pattern that covers a few
+positions of a patch from being averaged away with the rest of it.
+
 The checkpoint follows docs/architecture.md (``kind="simsiam-encoder"``, backbone weights
-only) and loads with ``torch.load(weights_only=True)``.
+only, plus ``pooling`` and ``layers``) and loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -44,18 +49,81 @@ from csmil.runtime import progress, seed_everything, select_device, set_threads,
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Backbone name → feature width after global pooling.
+#: Backbone name → feature width after global pooling of the last stage.
 BACKBONES: dict[str, int] = {"resnet18": 512, "resnet50": 2048}
+#: Global pooling of a feature map (B, C, h, w) → (B, C): mean, max, or GeM with p = 3.
+POOLINGS: tuple[str, ...] = ("avg", "max", "gem")
+#: ResNet stages that can be read out (pooled and concatenated), shallow to deep.
+STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+GEM_P = 3.0
 CHECKPOINT_KIND = "simsiam-encoder"
 
 
-def build_backbone(name: str) -> tuple[nn.Module, int]:
-    """A randomly initialised torchvision ResNet with ``fc = Identity``: (B,3,P,P) → (B, D)."""
+def global_pool(fmap: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool a feature map (B, C, h, w) over space → (B, C).
+
+    ``avg`` is torchvision's global average; ``max`` keeps the strongest response anywhere, so
+    a pattern covering a few positions is not diluted by the rest of the patch; ``gem`` is the
+    generalised mean (mean of x^3)^(1/3) of the non-negative (post-ReLU) map, between the two.
+    """
+    if pooling == "avg":
+        return fmap.mean(dim=(2, 3))
+    if pooling == "max":
+        return fmap.amax(dim=(2, 3))
+    if pooling == "gem":
+        return fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+class ReadoutResNet(nn.Module):
+    """A torchvision ResNet whose features are the pooled outputs of chosen stages.
+
+    ``forward``: (B, 3, P, P) → (B, D), D the sum of the read stages' widths, in stage order.
+    The wrapped ResNet's modules are registered under their own names (``conv1``, ``layer4``,
+    ...), so the state dict is exactly torchvision's without ``fc``; with ``layers=("layer4",)``
+    and ``pooling="avg"`` the features equal torchvision's ``resnet(x)`` with ``fc = Identity``.
+    """
+
+    def __init__(self, net: nn.Module, pooling: str, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.pooling, self.layers = pooling, tuple(layers)
+        for name in ("conv1", "bn1", "relu", "maxpool", *STAGES):
+            setattr(self, name, getattr(net, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, P/4, P/4)
+        pooled = []
+        for name in STAGES:
+            x = getattr(self, name)(x)  # (B, C, h, w)
+            if name in self.layers:
+                pooled.append(global_pool(x, self.pooling))
+            if name == self.layers[-1]:
+                break
+        return torch.cat(pooled, dim=1)  # (B, D)
+
+
+def _check_readout(pooling: str, layers: Sequence[str]) -> tuple[str, ...]:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    layers = tuple(layers)
+    if not layers or any(name not in STAGES for name in layers):
+        raise ValueError(f"layers must be a non-empty subset of {STAGES}, got {list(layers)}")
+    return tuple(name for name in STAGES if name in layers)  # stage order, no duplicates
+
+
+def build_backbone(
+    name: str, pooling: str = "avg", layers: Sequence[str] = ("layer4",)
+) -> tuple[nn.Module, int]:
+    """A randomly initialised torchvision ResNet read out by ``pooling`` over ``layers``:
+    (B, 3, P, P) → (B, D). D is 512 (resnet18) or 2048 (resnet50) for the last stage alone;
+    each extra stage adds its width (resnet18: 64, 128, 256; resnet50: 256, 512, 1024)."""
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+    layers = _check_readout(pooling, layers)
     net = getattr(torchvision.models, name)(weights=None)
-    net.fc = nn.Identity()
-    return net, BACKBONES[name]
+    widths = {s: getattr(net, s)[-1].bn2.num_features if name == "resnet18"
+              else getattr(net, s)[-1].bn3.num_features for s in STAGES}  # fmt: skip
+    return ReadoutResNet(net, pooling, layers), int(sum(widths[s] for s in layers))
 
 
 class SimSiam(nn.Module):
@@ -210,6 +278,8 @@ def train_simsiam(
     seed: int = 0,
     device: str = "auto",
     num_threads: int | None = None,
+    pooling: str = "avg",
+    layers: Sequence[str] = ("layer4",),
 ) -> dict[str, Any]:
     """Train a SimSiam encoder on the ``scale`` patches of ``patch_stores``; save its backbone.
 
@@ -232,6 +302,11 @@ def train_simsiam(
         augment: :class:`AugmentConfig` or a dict of its fields.
         device: "auto", "cpu" or "cuda" (AMP float16 and pinned memory on CUDA).
         num_threads: torch intra-op threads (None: leave as is).
+        pooling: global pooling of the read feature maps, one of :data:`POOLINGS` ("avg" is
+            torchvision's); stored in the checkpoint, so embedding uses the same.
+        layers: ResNet stages whose pooled outputs are concatenated into the feature (and fed
+            to the projector), a subset of :data:`STAGES`; ("layer4",) is the usual read-out.
+            Earlier stages keep small, fine patterns that the last stage may average away.
 
     Returns:
         Summary: encoder_id, n_patches(_available), batch_size, final_loss, patches_per_s
@@ -248,6 +323,7 @@ def train_simsiam(
             f"schedule_epochs; got epochs={epochs}, schedule_epochs={schedule_epochs}, "
             f"warmup_epochs={warmup_epochs}"
         )
+    layers = _check_readout(pooling, layers)
     if not patch_stores:
         raise ValueError("patch_stores is empty: list the patch stores of the pretraining slides")
     rng = seed_everything(seed)
@@ -270,7 +346,7 @@ def train_simsiam(
         data.patch_px, batch_size, steps, lr, dev,
     )  # fmt: skip
 
-    net, dim = build_backbone(backbone)
+    net, dim = build_backbone(backbone, pooling, layers)
     model = SimSiam(net, dim, proj_layers).to(dev)
     enc_params = [*model.backbone.parameters(), *model.projector.parameters()]
     opt = torch.optim.SGD(
@@ -327,10 +403,12 @@ def train_simsiam(
         "schedule_epochs": schedule_epochs, "warmup_epochs": warmup_epochs,
         "batch_size": batch_size, "base_lr": base_lr, "lr": lr, "proj_layers": proj_layers,
         "max_patches": max_patches, "n_patches": n, "seed": seed, "augment": aug_cfg.to_dict(),
+        "pooling": pooling, "layers": list(layers),
     }  # fmt: skip
     ckpt = {
         "kind": CHECKPOINT_KIND, "backbone": backbone, "scale": scale,
-        "patch_px": data.patch_px, "feature_dim": dim, "mean": list(mean), "std": list(std),
+        "patch_px": data.patch_px, "feature_dim": dim, "pooling": pooling,
+        "layers": list(layers), "mean": list(mean), "std": list(std),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()},
         "config": config, "versions": {k: str(v) for k, v in versions().items()},
     }  # fmt: skip
@@ -349,8 +427,13 @@ def train_simsiam(
 
 
 def encoder_id(ckpt: dict[str, Any]) -> str:
-    """Short hash (12 hex) of an encoder's backbone name, scale, patch size and weights."""
-    h = hashlib.sha256(f"{ckpt['backbone']}|{ckpt['scale']}|{ckpt['patch_px']}".encode())
+    """Short hash (12 hex) of an encoder's backbone name, scale, patch size, read-out (when not
+    the default average of layer4) and weights."""
+    key = f"{ckpt['backbone']}|{ckpt['scale']}|{ckpt['patch_px']}"
+    pooling, layers = ckpt.get("pooling", "avg"), list(ckpt.get("layers", ["layer4"]))
+    if (pooling, layers) != ("avg", ["layer4"]):
+        key += f"|{pooling}|{','.join(layers)}"
+    h = hashlib.sha256(key.encode())
     for k in sorted(ckpt["state_dict"]):
         h.update(k.encode())
         h.update(ckpt["state_dict"][k].cpu().contiguous().numpy().tobytes())
@@ -371,7 +454,15 @@ def load_encoder(
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a SimSiam encoder checkpoint (kind={kind!r})")
-    net, _ = build_backbone(ckpt["backbone"])
+    net, dim = build_backbone(
+        ckpt["backbone"], ckpt.get("pooling", "avg"), ckpt.get("layers", ["layer4"])
+    )
+    if dim != ckpt["feature_dim"]:
+        raise ValueError(
+            f"{path}: the read-out {ckpt.get('pooling', 'avg')} over "
+            f"{ckpt.get('layers', ['layer4'])} gives {dim} features but the checkpoint says "
+            f"feature_dim={ckpt['feature_dim']}; the checkpoint is inconsistent, re-train it"
+        )
     net.load_state_dict(ckpt["state_dict"])
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     meta["encoder_id"] = encoder_id(ckpt)
