@@ -18,6 +18,8 @@ rule train_encoder:
         runtime=720,
     params:
         backbone=config["encoder"]["backbone"],
+        layers=config["encoder"]["layers"],
+        pooling=config["encoder"]["pooling"],
         epochs=config["encoder"]["epochs"],
         batch_size=config["encoder"]["batch_size"],
         base_lr=config["encoder"]["base_lr"],

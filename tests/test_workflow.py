@@ -100,7 +100,7 @@ def test_every_stage_left_its_outputs(tiny_run):
             n = ps.n
             assert ps.patch_px == 32 and n > 0
         feats = read_features(res / "micro" / "features" / f"{sid}.h5")
-        assert feats.n == n and feats.dim == 512
+        assert feats.n == n and feats.dim == 64 + 128 + 256 + 512  # layer1..layer4 read-out
     assert sorted(p.name for p in (res / "encoders" / "toy").glob("*.pt")) == [
         "10x.pt",
         "20x.pt",

@@ -10,6 +10,8 @@ train_simsiam(
     scale=snakemake.wildcards.scale,
     out_path=snakemake.output.encoder,
     backbone=p.backbone,
+    layers=tuple(p.layers),
+    pooling=p.pooling,
     epochs=p.epochs,
     batch_size=p.batch_size,
     base_lr=p.base_lr,

@@ -73,6 +73,8 @@ def cmd_train_encoder(a: argparse.Namespace) -> object:
         base_lr=a.base_lr,
         warmup_epochs=a.warmup_epochs,
         max_patches=a.max_patches,
+        layers=tuple(a.layers),
+        pooling=a.pooling,
         seed=a.seed,
         device=a.device,
         num_threads=a.threads,
@@ -164,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("patch_stores", nargs="+")
     s.add_argument("--scale", choices=SCALES, required=True)
     s.add_argument("--backbone", default="resnet18")
+    s.add_argument(
+        "--layers",
+        nargs="+",
+        default=["layer4"],
+        help="ResNet stages pooled and concatenated into the feature (default layer4)",
+    )
+    s.add_argument("--pooling", choices=["avg", "max", "gem"], default="avg")
     s.add_argument("--epochs", type=int, default=200)
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--base-lr", type=float, default=0.05)
