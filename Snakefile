@@ -27,6 +27,21 @@ include: "rules/report.smk"
 include: "rules/predict.smk"
 
 
+# Rules that take seconds run where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    make_splits,
+    evaluate,
+    compare,
+    comparison_tables,
+    table4,
+    table5,
+    table6,
+    roc_pr,
+    scale_attention,
+    attention_localisation,
+
+
 rule all:
     default_target: True
     input:
