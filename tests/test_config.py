@@ -17,6 +17,8 @@ def test_default_and_paper_configs_are_valid():
     paper = load_config(ROOT / "configs" / "paper.yaml")
     assert paper["encoder"]["backbone"] == "resnet50"
     assert paper["tiling"]["patch_px"] == 256
+    full = load_config(ROOT / "configs" / "toy_full.yaml")
+    assert set(full["mil"]["variants"]) <= set(full["mil"]["methods"])
 
 
 def test_unknown_key_fails_with_its_location():
