@@ -68,7 +68,8 @@ def test_table5_has_real_numbers_for_every_method(tiny_run):
     assert set(MIL_MODELS) <= trained
     values = df[["micro_auc", "micro_ap", "macro_auc", "macro_ap"]].to_numpy()
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
-    np.testing.assert_allclose(df["mean"], values.mean(axis=1))
+    # the CSV keeps 6 significant digits
+    np.testing.assert_allclose(df["mean"], values.mean(axis=1), atol=1e-5)
     md = (tiny_run / "results" / "tables" / "table5.md").read_text()
     assert "| csmil |" in md
 
