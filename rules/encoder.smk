@@ -1,5 +1,10 @@
 rule train_encoder:
-    """SimSiam encoder of one scale on the pinned pretraining slides of an encoder group."""
+    """SimSiam encoder of one scale on the pinned pretraining slides of an encoder group.
+
+    The three scales of a group share one seed: their encoders start from the same weights and
+    see the same patch draw (co-centred triplets) in the same order, so their feature spaces
+    stay comparable, which the shared cross-scale embedding of CS-MIL relies on.
+    """
     input:
         pretrain_patch_stores,
     output:
@@ -27,6 +32,6 @@ rule train_encoder:
         schedule_epochs=config["encoder"]["schedule_epochs"],
         max_patches=config["encoder"]["max_patches"],
         augment=config["encoder"].get("augment", {}),
-        seed=lambda w: stage_seed("encoder", w.group, w.scale),
+        seed=lambda w: stage_seed("encoder", w.group),
     script:
         "../workflow_scripts/train_encoder.py"

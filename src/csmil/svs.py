@@ -48,7 +48,9 @@ def write_aperio_svs(
     """Write ``rgb`` (H, W, 3) uint8, level 0 at ``mpp`` µm/px, as an Aperio-layout SVS.
 
     Each level ``i`` is ``rgb`` box-downsampled by ``downsamples[i]`` (integers, the first 1).
-    H and W need not be multiples of the tile size.
+    H and W need not be multiples of the tile size. Tiles are JPEG in YCbCr without chroma
+    subsampling (4:4:4): the usual 4:2:0 halves colour resolution, which wipes out one-pixel
+    colour detail in the reduced levels (the micro crosses of the toy cohort, for one).
     """
     rgb = np.ascontiguousarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -72,6 +74,7 @@ def write_aperio_svs(
                 tile=(tile, tile),
                 compression="jpeg",
                 compressionargs={"level": quality},
+                subsampling=(1, 1),
                 subfiletype=0 if i == 0 else 1,
                 description=desc,
                 resolution=(res / factor, res / factor),

@@ -21,7 +21,6 @@ HAEMATOXYLIN = np.array([88.0, 52.0, 132.0], dtype=np.float32)
 #: Ring colours: a near-black annulus around a pale-pink (still stained, so still tissue) inside.
 RING_DARK = np.array([46.0, 26.0, 64.0], dtype=np.float32)
 RING_PALE = np.array([246.0, 214.0, 232.0], dtype=np.float32)
-WHITE = np.float32(255.0)
 
 #: Work resolution of the smooth fields (tissue outline, stroma texture, nuclear density).
 _COARSE = 4
@@ -152,7 +151,7 @@ def he_tissue(
 
 
 # ---------------------------------------------------------------------------------------------
-# Micro-anomaly: white crosses with a balancing dark rim
+# Micro-anomaly: green-tinted crosses with a balancing rim
 # ---------------------------------------------------------------------------------------------
 
 
@@ -160,28 +159,33 @@ def he_tissue(
 class CrossStyle:
     """Geometry of one micro-anomaly cross, in level-0 pixels.
 
-    Four white arms, each ``arm`` px long and ``core`` px thick, point away from a small open
-    centre at right angles to one another, the whole turned by a random angle in ``angle``
-    (degrees from the pixel axes). Along both long sides of each arm runs a dark rim ``rim`` px
-    wide that takes back the colour the white core adds, so every cross-section of an arm (rim,
-    core, rim) leaves the mean colour unchanged: averaging over a few arm widths (the 8x and 16x
-    area resize of the 10x and 5x patches) cancels the cross, while the 4x resize of a 20x
-    patch keeps its white core. The arms stop short of the centre so their rims never overlap
-    (an overlap would leave a bright or dark dot that survives averaging), and the cross is
-    turned off the pixel axes because a resize block whose edge runs along an arm cuts the
-    balanced cross-section in two; a slanted arm is cut at an angle and still cancels.
+    Four arms, each ``arm`` px long and ``core`` px thick, point away from a small open centre
+    at right angles to one another, the whole turned by a random angle in ``angle`` (degrees
+    from the pixel axes). The core is shifted by ``tint`` (RGB): green up, red and blue down,
+    a hue no H&E stain makes (in eosin, haematoxylin and glass green is never the largest
+    channel). Along both long sides of each arm runs a rim ``rim`` px wide shifted the other
+    way (magenta), so every cross-section of an arm (rim, core, rim) leaves the mean colour
+    unchanged: averaging over a few arm widths (the 8x and 16x area resize of the 10x and 5x
+    patches) cancels the cross, while the 4x resize of a 20x patch keeps its green core. The
+    arms stop short of the centre so their rims never overlap (an overlap would leave a dot
+    that survives averaging), and the cross is turned off the pixel axes because a resize block
+    whose edge runs along an arm cuts the balanced cross-section in two; a slanted arm is cut
+    at an angle and still cancels.
 
     Sizes are set against the resize factors at the default 64 px patches: a 4 px core with
-    2 px rims keeps about 0.8 of its whitening through the 4x box of a 20x patch, but under
-    0.2 through the 8x box of a 10x patch and under 0.05 through the 16x box of a 5x patch
-    (a 3 px core with 1.5 px rims kept only about 0.5 at 20x, too faint for the encoders).
+    2 px rims keeps about 0.8 of its shift through the 4x box of a 20x patch, but under 0.2
+    through the 8x box of a 10x patch and under 0.05 through the 16x box of a 5x patch. An
+    earlier white core (a shift toward white, balanced by a dark rim) survived as well but
+    looked like glass next to dark nuclei, which H&E shows everywhere: encoders trained on
+    these slides barely told it apart. Green is an object colour absent from H&E, so the
+    scale separation rests on area dilution alone, as intended.
     """
 
     arm: int = 16
     core: float = 4.0
     rim: float = 2.0
     angle: tuple[float, float] = (15.0, 75.0)
-    whiten: float = 1.0
+    tint: tuple[float, float, float] = (-30.0, 100.0, -30.0)
     spacing: int = 100  # mean distance between crosses in a positive region (jittered grid)
     supersample: int = 4  # sub-pixels per pixel side when rasterising the slanted cross
 
@@ -237,13 +241,15 @@ def jittered_grid(
 def draw_crosses(
     rgb: np.ndarray, centres: np.ndarray, thetas: np.ndarray, style: CrossStyle
 ) -> None:
-    """Draw balanced white crosses at integer ``centres`` (N, 2) ``(y, x)``, turned by
+    """Draw balanced tinted crosses at integer ``centres`` (N, 2) ``(y, x)``, turned by
     ``thetas`` (N,) radians, into ``rgb`` (3, H, W) float32, in place. Crosses that would leave
     the canvas are skipped.
 
-    Each cross adds ``kernel * gain``, with ``gain`` (3,) the step from the mean colour under its
-    core to ``whiten`` of the way to white, so the core turns near-white on any tissue.
+    Each cross adds ``kernel * tint``: the core moves by ``tint``, the rims by as much the other
+    way. (Clipping to 0..255 later trims a few rim pixels over the palest stroma or the darkest
+    nuclei; the imbalance it leaves is far below what survives at 20x.)
     """
+    tint = np.asarray(style.tint, dtype=np.float32)[:, None, None]
     h, w = rgb.shape[1:]
     for (cy, cx), theta in zip(centres, thetas, strict=True):
         kernel = style.kernel(float(theta))
@@ -251,10 +257,7 @@ def draw_crosses(
         y0, x0 = cy - k // 2, cx - k // 2
         if y0 < 0 or x0 < 0 or y0 + k > h or x0 + k > w:
             continue
-        patch = rgb[:, y0 : y0 + k, x0 : x0 + k]
-        core = kernel > 0.5
-        gain = np.float32(style.whiten) * (WHITE - patch[:, core].mean(axis=1))  # (3,)
-        patch += gain[:, None, None] * kernel
+        rgb[:, y0 : y0 + k, x0 : x0 + k] += tint * kernel
 
 
 # ---------------------------------------------------------------------------------------------
