@@ -2,7 +2,7 @@
 # Run: snakemake --profile profiles/local   (or profiles/slurm on a cluster)
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.17")
 
 
 configfile: "config.yaml"

@@ -4,10 +4,10 @@ Two cohorts, each a set of real pyramidal TIFFs in Aperio SVS layout (0.5 µm/px
 levels at downsample 1/4/16) over an H&E-like background with glass around the tissue:
 
 * ``micro`` (Micro-anomaly): positive slides carry small green-tinted crosses (arms 4 px thick,
-  about 50 px across, turned off the pixel axes; green is a hue H&E never makes) inside a few
-  disc-shaped positive regions. A cross is visible in a 20x patch (a 256 px field area-resized
-  to 64 px) and averages away in the 10x and 5x patches (512 and 1024 px fields), because a
-  magenta rim along each arm takes back exactly the colour its core adds. Negative slides have
+  about 32 px across and 48 px apart, turned off the pixel axes; green is a hue H&E never
+  makes) inside a few disc-shaped positive regions. A cross is visible in a 20x patch (a
+  256 px field area-resized to 64 px) and averages away in the 10x and 5x patches (512 and
+  1024 px fields), because a magenta rim along each arm takes back exactly the colour its core adds. Negative slides have
   the same regions, left plain.
 * ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, 510-710 px across,
   centred on 20x tile centres. A 5x field holds a whole ring and shows its shape; a 20x field
