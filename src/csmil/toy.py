@@ -7,8 +7,8 @@ levels at downsample 1/4/16) over an H&E-like background with glass around the t
   about 32 px across and 48 px apart, turned off the pixel axes; green is a hue H&E never
   makes) inside a few disc-shaped positive regions. A cross is visible in a 20x patch (a
   256 px field area-resized to 64 px) and averages away in the 10x and 5x patches (512 and
-  1024 px fields), because a magenta rim along each arm takes back exactly the colour its core adds. Negative slides have
-  the same regions, left plain.
+  1024 px fields), because a magenta rim along each arm takes back exactly the colour its
+  core adds. Negative slides have the same regions, left plain.
 * ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, 510-710 px across,
   centred on 20x tile centres. A 5x field holds a whole ring and shows its shape; a 20x field
   shows only a piece of band. Positive slides hold at least one ellipse (axis ratio 1.5) and
