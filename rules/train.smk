@@ -33,6 +33,7 @@ rule train_mil:
                 "accumulate",
                 "n_test_bags",
                 "bag_mode",
+                "standardise",
             )
         },
         n_clusters=config["clustering"]["n_clusters"],

@@ -411,3 +411,38 @@ def test_load_rejects_missing_and_foreign_files(tmp_path):
     )
     with pytest.raises(ValueError, match="(?s)cannot rebuild.*Missing key"):
         load_mil_checkpoint(broken)
+
+
+@pytest.mark.parametrize(("name", "opts"), CASES)
+def test_standardisation_equals_standardised_input_and_survives_checkpoints(name, opts, tmp_path):
+    model = build(name, opts, seed=5)
+    model.eval()
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    batch = make_batch(mask, seed=4)
+    g = torch.Generator().manual_seed(9)
+    mean = torch.randn(len(SCALES), D, generator=g)
+    std = torch.rand(len(SCALES), D, generator=g) + 0.5
+    shifted = MILBatch(
+        features={s: batch.features[s] * std[i] + mean[i] for i, s in enumerate(SCALES)},
+        clusters=batch.clusters,
+        mask=batch.mask,
+    )
+    with torch.no_grad():
+        ref = model(batch)
+        model.set_feature_standardisation(mean, std)
+        out = model(shifted)
+    torch.testing.assert_close(out.prob, ref.prob, rtol=1e-4, atol=1e-5)
+    assert model.param_count() == build(name, opts).param_count()  # buffers are not parameters
+    path = save_mil_checkpoint(tmp_path / "model.pt", model, config={})
+    loaded, _ = load_mil_checkpoint(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(shifted).prob, out.prob, rtol=0, atol=0)
+
+
+def test_standardisation_rejects_bad_statistics():
+    model = build("csmil", {})
+    good = torch.ones(len(SCALES), D)
+    with pytest.raises(ValueError, match=r"shape \(3, 12\)"):
+        model.set_feature_standardisation(torch.zeros(D), good)
+    with pytest.raises(ValueError, match="positive standard deviations"):
+        model.set_feature_standardisation(torch.zeros(len(SCALES), D), good * 0)

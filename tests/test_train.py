@@ -264,3 +264,37 @@ def test_default_clustering_follows_the_model():
     assert default_clustering("deepattnmisl", {}) == "20x"
     assert default_clustering("deepattnmisl_multi", {}) == "all"
     assert default_clustering("csmil", {"fusion": "mean"}) == "20x"
+
+
+def test_feature_statistics_equal_numpy_over_all_patches():
+    patients, _ = make_cohort(n_patients=6)
+    mean, std = train_mod.feature_statistics(patients)
+    for i, s in enumerate(SCALES):
+        every = np.concatenate([p.features[s] for p in patients])
+        np.testing.assert_allclose(mean[i], every.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(std[i], every.std(axis=0), rtol=1e-5, atol=1e-6)
+    patients[0].features["20x"][:, 0] = 7.0  # a constant dimension is only shifted
+    for p in patients[1:]:
+        p.features["20x"][:, 0] = 7.0
+    mean, std = train_mod.feature_statistics(patients)
+    assert mean[0, 0] == pytest.approx(7.0) and std[0, 0] == 1.0
+
+
+def test_standardise_stores_the_training_patients_statistics(tmp_path):
+    patients, splits = make_cohort(n_patients=12)
+    for p in patients:  # a large shared offset, as short-trained encoders give
+        for s in SCALES:
+            p.features[s] += 50.0
+    train_fold(patients, splits, 1, "csmil", out_dir=tmp_path, epochs=2, n_test_bags=2,
+               standardise=True, num_threads=1)  # fmt: skip
+    model, meta = load_mil_checkpoint(tmp_path / "model.pt")
+    train_ids = set(meta["config"]["train_patients"])
+    mean, std = train_mod.feature_statistics([p for p in patients if p.patient_id in train_ids])
+    np.testing.assert_allclose(model.feature_mean.numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(model.feature_std.numpy(), std, rtol=1e-6)
+    assert meta["config"]["standardise"] is True
+    train_fold(patients, splits, 1, "csmil", out_dir=tmp_path, epochs=1, n_test_bags=2,
+               num_threads=1)  # fmt: skip
+    model, meta = load_mil_checkpoint(tmp_path / "model.pt")
+    assert (model.feature_mean == 0).all() and (model.feature_std == 1).all()
+    assert meta["config"]["standardise"] is False

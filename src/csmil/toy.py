@@ -5,15 +5,17 @@ levels at downsample 1/4/16) over an H&E-like background with glass around the t
 
 * ``micro`` (Micro-anomaly): positive slides carry small green-tinted crosses (arms 4 px thick,
   about 32 px across and 48 px apart, turned off the pixel axes; green is a hue H&E never
-  makes) inside a few disc-shaped positive regions. A cross is visible in a 20x patch (a
-  256 px field area-resized to 64 px) and averages away in the 10x and 5x patches (512 and
-  1024 px fields), because a magenta rim along each arm takes back exactly the colour its
-  core adds. Negative slides have the same regions, left plain.
-* ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, 510-710 px across,
-  centred on 20x tile centres. A 5x field holds a whole ring and shows its shape; a 20x field
-  shows only a piece of band. Positive slides hold at least one ellipse (axis ratio 1.5) and
-  may hold circles, negative slides only circles; every ring encloses the area of a circle of
-  the same radius range with the same band, so only the shape tells them apart.
+  makes) inside four to seven disc-shaped positive regions (radius 160-220 µm, together about
+  30% of the tissue). A cross is visible in a 20x patch (a 256 px field area-resized to
+  64 px) and averages away in the 10x and 5x patches (512 and 1024 px fields), because a
+  magenta rim along each arm takes back exactly the colour its core adds. Negative slides
+  have the same regions, left plain.
+* ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, centred on 20x tile
+  centres. Every ring of a positive slide is an ellipse (axis ratio 1.5, enclosing the area
+  of a circle of radius 255-290 px), every ring of a negative slide a circle of radius
+  150-440 px, a range that bends as sharply and as gently as the ellipses do. A 5x field
+  holds a whole ring and shows its shape; a 20x field shows only a piece of band, whose
+  curvature does not tell the two apart.
 
 Beside each slide a PNG mask marks the positive regions (uint8 0/255, level-0 size divided by
 the mask downsample, which is stored in the PNG text chunk ``csmil_mask_downsample``).
@@ -130,7 +132,7 @@ def render_toy_canvas(
     margin = FIELD_5X_PX / 2
     more = max(1.0, (size_px / 3072) ** 2)  # larger slides get proportionally more objects
     if cohort == "micro":
-        radii = rng.uniform(230.0, 300.0, int(round(rng.integers(2, 5) * more)))
+        radii = rng.uniform(320.0, 440.0, int(round(rng.integers(4, 8) * more)))
         objects = _place_discs(rng, size_px, radii, margin, gap=TILE_PX)
         anchors = [(cy, cx, r + 64.0) for cy, cx, r in objects]
     else:
@@ -168,12 +170,9 @@ def render_toy_canvas(
             positive = disc_mask(positive.shape, objects) & (alpha > 0.5)
         info.update(n_regions=len(objects), n_crosses=n_crosses)
     else:
-        radius = rng.uniform(ring.radius[0], ring.radius[1], len(objects))
-        is_ellipse = (
-            (rng.random(len(objects)) < 0.5) if label == 1 else np.zeros(len(objects), bool)
-        )
-        if label == 1 and len(objects) and not is_ellipse.any():
-            is_ellipse[rng.integers(len(objects))] = True
+        is_ellipse = np.full(len(objects), label == 1)
+        lo, hi = ring.radius if label == 1 else ring.circle_radius
+        radius = rng.uniform(lo, hi, len(objects))
         thetas = rng.uniform(0.0, np.pi, len(objects))
         rings = []
         for (cy, cx, _), r, ell, theta in zip(objects, radius, is_ellipse, thetas, strict=True):

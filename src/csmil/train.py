@@ -26,6 +26,13 @@ mean over bags (median and max are written too). Attention (§5): every attentio
 bag is averaged, per sampled patch, over the bags the patch appeared in (a patch drawn twice in
 one bag counts once for that bag).
 
+Feature standardisation (``standardise=True``; not in the released code): every input feature
+is shifted and scaled by the mean and standard deviation over all patches of the fold's
+training patients, per scale and dimension. The statistics are stored in the model (so
+prediction applies them too). Self-supervised features from a short CPU pretraining have a
+large shared offset and small differences between patches; standardising them lets the
+first linear layer see those differences at the learning rate the released code uses.
+
 A patient without patches cannot be trained on or scored: :class:`csmil.bags.EmptyPatientError`
 names it and its slides before training starts.
 """
@@ -313,6 +320,28 @@ def _test_tables(model, source, test_w, fold, n_test_bags, rng, eval_batch_bags)
     return preds, attention
 
 
+def feature_statistics(patients: Sequence[PatientBags]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-scale mean and standard deviation, ``(S, D)`` each in ``csmil.SCALES`` order, over
+    every patch of ``patients`` (accumulated per patient in float64; no cohort-sized copy).
+    Dimensions that do not vary get a standard deviation of 1 (they are only shifted)."""
+    dim = patients[0].dim
+    total = np.zeros((len(SCALES), dim))
+    square = np.zeros((len(SCALES), dim))
+    n = 0
+    for p in patients:
+        for i, s in enumerate(SCALES):
+            x = p.features[s].astype(np.float64, copy=False)
+            total[i] += x.sum(axis=0)
+            square[i] += np.einsum("nd,nd->d", x, x)
+        n += p.n
+    if n == 0:
+        raise ValueError("feature statistics need at least one patch")
+    mean = total / n
+    std = np.sqrt(np.maximum(square / n - mean**2, 0.0))
+    std[std < 1e-6 * np.maximum(np.abs(mean), 1.0)] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 def default_clustering(registry_name: str, model_options: Mapping[str, Any]) -> str:
     """Phenotype clustering a model's bags use unless told otherwise: a single-scale model
     clusters at its own scale, the scales-as-instances model on all scales together, every
@@ -341,6 +370,7 @@ def train_fold(
     n_test_bags: int = 100,
     n_clusters: int = 8,
     bag_mode: str = "cluster",
+    standardise: bool = False,
     seed: int = 0,
     device: str = "auto",
     num_threads: int | None = None,
@@ -354,6 +384,8 @@ def train_fold(
     ``bag_mode`` and ``clustering`` are training options (overriding the arguments) and are not
     passed to the model. ``clustering`` picks the phenotype clusters bags are drawn from
     (``"20x"``, ``"10x"``, ``"5x"``, ``"all"``); by default :func:`default_clustering`.
+    With ``standardise``, the model standardises its input features by the training
+    patients' statistics (:func:`feature_statistics`, stored in the model).
     Feature size D comes from the patients. Returns a summary (epochs, best epoch and losses,
     patient counts, parameter count, seconds).
     """
@@ -384,7 +416,11 @@ def train_fold(
     train_rng, val_rng, test_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
     )
-    model = create_mil_model(registry_name, chosen[0].dim, **model_options).to(dev)
+    model = create_mil_model(registry_name, chosen[0].dim, **model_options)
+    if standardise:
+        mean, std = feature_statistics([source.patients[w] for w in train_w])
+        model.set_feature_standardisation(torch.from_numpy(mean), torch.from_numpy(std))
+    model = model.to(dev)
     counts = {"n_train": len(train_w), "n_val": len(val_w), "n_test": len(test_w)}
     n_params = count_parameters(model)
     log.info(
@@ -435,6 +471,7 @@ def train_fold(
         "n_clusters": int(n_clusters),
         "clustering": clustering,
         "bag_mode": bag_mode,
+        "standardise": bool(standardise),
         "seed": int(seed),
         "n_folds": int(n_folds if n_folds is not None else splits["fold"].max() + 1),
         "train_patients": train_ids,

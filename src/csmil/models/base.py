@@ -150,6 +150,32 @@ class MILModel(nn.Module):
             )
         self.in_dim = in_dim
         self.options = dict(options)
+        # Input standardisation per scale, (S, D): identity until set from training features.
+        # Buffers, not parameters: saved in the state dict, not counted, not trained.
+        self.register_buffer("feature_mean", torch.zeros(len(SCALES), in_dim))
+        self.register_buffer("feature_std", torch.ones(len(SCALES), in_dim))
+
+    def set_feature_standardisation(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise every input feature as ``(x - mean) / std`` from now on.
+
+        ``mean`` and ``std`` are ``(S, D)``, one row per scale in ``csmil.SCALES`` order
+        (usually the training patients' patch statistics); ``std`` must be positive. They are
+        stored in the state dict, so a loaded checkpoint applies the same standardisation.
+        """
+        shape = (len(SCALES), self.in_dim)
+        mean, std = torch.as_tensor(mean).float(), torch.as_tensor(std).float()
+        if mean.shape != shape or std.shape != shape:
+            raise ValueError(
+                f"MIL model {self.name!r}: standardisation mean and std must have shape {shape} "
+                f"(scales, in_dim), got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
+        if not torch.isfinite(mean).all() or not (torch.isfinite(std) & (std > 0)).all():
+            raise ValueError(
+                f"MIL model {self.name!r}: standardisation needs finite means and finite, "
+                "positive standard deviations"
+            )
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
 
     def param_count(self) -> int:
         """Number of trainable parameters."""
@@ -181,8 +207,11 @@ class MILModel(nn.Module):
                 )
 
     def scale_features(self, batch: MILBatch, scale: str) -> Tensor:
-        """One scale's ``(B, N, D)`` features with padded instances zeroed."""
-        return zero_padding(batch.features[scale], batch.mask)
+        """One scale's ``(B, N, D)`` features, standardised (see
+        :meth:`set_feature_standardisation`), with padded instances zeroed."""
+        i = SCALES.index(scale)
+        x = (batch.features[scale] - self.feature_mean[i]) / self.feature_std[i]
+        return zero_padding(x, batch.mask)
 
     def stacked_features(self, batch: MILBatch) -> Tensor:
         """All scales stacked as ``(B, N, S, D)`` in ``csmil.SCALES`` order, padding zeroed."""

@@ -1,0 +1,137 @@
+"""The toy cohorts' scale specificity as a CNN sees it, through the real slide → tile path.
+
+Twin slides (one seed, label 1 and 0: the same tissue, with and without crosses) are written as
+SVS, tiled by the pipeline, and the patches of tiles inside the positive regions are embedded by
+a ResNet-18 with our read-out (layer1-4 pooled, 960-d) at its seeded random initialisation (no
+SimSiam, so the test measures what the data offers an encoder, not how well one was trained).
+A linear probe, cross-validated with slides held out together with their twin, must tell the
+twins apart at 20x and must not at 10x and 5x: the pattern every MIL model in the toy
+experiment depends on. The macro cohort is checked the same way with ellipse and circle
+slides: tiles around a ring must be told apart by their 5x patches (the whole ring) and not
+by their 20x patches (a piece of band, which bends alike on ellipses and circles). (The
+pixel-level checks are in test_toy.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from csmil import SCALES
+from csmil.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
+from csmil.patchstore import open_patch_store
+from csmil.simsiam import build_backbone
+from csmil.tiling import tile_slide
+from csmil.toy import make_toy_slide, read_toy_mask
+
+pytestmark = pytest.mark.slow
+
+N_TWINS = 10
+SIZE = 3072
+
+
+@pytest.fixture(scope="module")
+def twin_patches(tmp_path_factory):
+    """Per scale (n, 64, 64, 3) patches of positive-region tiles and of the same tiles of the
+    negative twin, with labels and the twin index as group."""
+    out = tmp_path_factory.mktemp("fidelity")
+    x = {s: [] for s in SCALES}
+    y, groups = [], []
+    for twin in range(N_TWINS):
+        stores = {}
+        for label in (0, 1):
+            svs, mask = out / f"t{twin}_l{label}.svs", out / f"t{twin}_l{label}.mask.png"
+            make_toy_slide(svs, mask, "micro", label, seed=500 + twin, size_px=SIZE)
+            tile_slide(svs, out / f"t{twin}_l{label}.h5", patch_px=64)
+            stores[label] = open_patch_store(out / f"t{twin}_l{label}.h5")
+        positive, ds = read_toy_mask(out / f"t{twin}_l1.mask.png")
+        side = 256 // ds
+        coords = stores[1].coords
+        inside = np.array([positive[cy // ds : cy // ds + side, cx // ds : cx // ds + side].mean()
+                           for cx, cy in coords])  # fmt: skip
+        neg_index = {tuple(c): i for i, c in enumerate(stores[0].coords)}
+        pos = [i for i in np.flatnonzero(inside >= 0.5) if tuple(coords[i]) in neg_index]
+        neg = [neg_index[tuple(coords[i])] for i in pos]
+        if not pos:
+            continue
+        for s in SCALES:
+            x[s].append(stores[1].read(s)[pos])
+            x[s].append(stores[0].read(s)[neg])
+        y += [1] * len(pos) + [0] * len(neg)
+        groups += [twin] * (2 * len(pos))
+    return {s: np.concatenate(v) for s, v in x.items()}, np.array(y), np.array(groups)
+
+
+def embed(patches: np.ndarray) -> np.ndarray:
+    """(n, P, P, 3) uint8 → (n, 960) features of a seeded random-init ResNet-18 read out as
+    the workflow's default (layer1-4, average pooling)."""
+    torch.manual_seed(0)
+    net, dim = build_backbone("resnet18", "avg", ["layer1", "layer2", "layer3", "layer4"])
+    net.eval()
+    with torch.inference_mode():
+        batch = torch.from_numpy(patches).permute(0, 3, 1, 2)
+        feats = net(normalize(batch, IMAGENET_MEAN, IMAGENET_STD)).numpy()
+    assert feats.shape == (len(patches), dim)
+    return feats
+
+
+def probe_auc(features: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
+    cv = GroupKFold(n_splits=5)
+    prob = cross_val_predict(clf, features, y, groups=groups, cv=cv, method="predict_proba")
+    return float(roc_auc_score(y, prob[:, 1]))
+
+
+def test_micro_crosses_seen_by_a_cnn_at_20x_only(twin_patches):
+    patches, y, groups = twin_patches
+    assert len(y) >= 100 and y.mean() == 0.5, (len(y), y.mean())
+    aucs = {s: probe_auc(embed(patches[s]), y, groups) for s in SCALES}
+    assert aucs["20x"] >= 0.75, aucs
+    assert aucs["10x"] <= 0.62 and aucs["5x"] <= 0.62, aucs
+
+
+N_MACRO = 6
+
+
+@pytest.fixture(scope="module")
+def ring_patches(tmp_path_factory):
+    """Per scale the patches of the tiles around each ring (the 3 x 3 tiles centred on it: the
+    20x patches hold pieces of band, the 5x patches the whole ring), label 1 for an ellipse,
+    with the slide as group."""
+    out = tmp_path_factory.mktemp("fidelity_macro")
+    x = {s: [] for s in SCALES}
+    y, groups = [], []
+    for i in range(N_MACRO):
+        for label in (0, 1):
+            svs = out / f"m{i}_l{label}.svs"
+            info = make_toy_slide(svs, out / f"m{i}_l{label}.mask.png", "macro", label,
+                                  seed=700 + i, size_px=SIZE)  # fmt: skip
+            tile_slide(svs, out / f"m{i}_l{label}.h5", patch_px=64)
+            store = open_patch_store(out / f"m{i}_l{label}.h5")
+            where = {tuple(c): j for j, c in enumerate(store.coords)}
+            picked = [
+                where[(int(r["cx"]) - 128 + dx, int(r["cy"]) - 128 + dy)]
+                for r in info["rings"]
+                for dy in (-256, 0, 256)
+                for dx in (-256, 0, 256)
+                if (int(r["cx"]) - 128 + dx, int(r["cy"]) - 128 + dy) in where
+            ]
+            for s in SCALES:
+                x[s].append(store.read(s)[picked])
+            y += [label] * len(picked)
+            groups += [2 * i + label] * len(picked)
+    return {s: np.concatenate(v) for s, v in x.items()}, np.array(y), np.array(groups)
+
+
+def test_macro_shape_seen_by_a_cnn_at_5x_not_20x(ring_patches):
+    patches, y, groups = ring_patches
+    assert min((y == 0).sum(), (y == 1).sum()) >= 100, np.bincount(y)
+    aucs = {s: probe_auc(embed(patches[s]), y, groups) for s in SCALES}
+    assert aucs["5x"] >= 0.8, aucs
+    assert aucs["20x"] <= 0.65, aucs
