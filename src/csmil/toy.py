@@ -10,12 +10,13 @@ levels at downsample 1/4/16) over an H&E-like background with glass around the t
   64 px) and averages away in the 10x and 5x patches (512 and 1024 px fields), because a
   magenta rim along each arm takes back exactly the colour its core adds. Negative slides
   have the same regions, left plain.
-* ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, centred on 20x tile
-  centres. Every ring of a positive slide is an ellipse (axis ratio 1.5, enclosing the area
-  of a circle of radius 255-290 px), every ring of a negative slide a circle of radius
-  150-440 px, a range that bends as sharply and as gently as the ellipses do. A 5x field
-  holds a whole ring and shows its shape; a 20x field shows only a piece of band, whose
-  curvature does not tell the two apart.
+* ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, 510-710 px across,
+  centred on 20x tile centres. A 5x field holds a whole ring and shows its shape; a 20x field
+  shows only a piece of band. Every ring of a positive slide is an ellipse (axis ratio 1.5),
+  every ring of a negative slide a circle; all enclose the area of a circle of the same radius
+  range with the same band, so only the shape tells them apart. (The curvature of a piece of
+  band still differs: the ends of an ellipse bend more sharply than any circle, which a 20x
+  model can pick up; see tests/test_fidelity.py.)
 
 Beside each slide a PNG mask marks the positive regions (uint8 0/255, level-0 size divided by
 the mask downsample, which is stored in the PNG text chunk ``csmil_mask_downsample``).
@@ -171,8 +172,7 @@ def render_toy_canvas(
         info.update(n_regions=len(objects), n_crosses=n_crosses)
     else:
         is_ellipse = np.full(len(objects), label == 1)
-        lo, hi = ring.radius if label == 1 else ring.circle_radius
-        radius = rng.uniform(lo, hi, len(objects))
+        radius = rng.uniform(ring.radius[0], ring.radius[1], len(objects))
         thetas = rng.uniform(0.0, np.pi, len(objects))
         rings = []
         for (cy, cx, _), r, ell, theta in zip(objects, radius, is_ellipse, thetas, strict=True):

@@ -272,25 +272,19 @@ def draw_crosses(
 class RingStyle:
     """Geometry of a macro-anomaly ring, in level-0 pixels.
 
-    An ellipse encloses the area of a circle of radius ``radius`` (drawn uniformly from the
-    range) stretched to axis ratio ``aspect`` at a random angle. Circles take their radius
-    from the wider ``circle_radius`` range, which spans the curvature of the ellipses: the
-    radius of curvature of an ellipse runs from about 0.54 (its ends) to 1.84 (its sides)
-    times its equal-area radius, i.e. 140-530 px, and circles of 150-440 px bend as sharply
-    or as gently. So the piece of band a 20x field (256 px) shows does not tell an ellipse
-    from a circle, while a 5x field (1024 px) shows the whole ring. The dark annulus is
-    ``thickness`` px wide, the inside pale.
+    Every ring encloses the area of a circle of radius ``radius`` (drawn uniformly from the
+    range); an ellipse stretches it to axis ratio ``aspect`` at a random angle, a circle keeps
+    it. The dark annulus is ``thickness`` px wide, the inside pale.
     """
 
     radius: tuple[float, float] = (255.0, 290.0)
     aspect: float = 1.5
     thickness: float = 40.0
-    circle_radius: tuple[float, float] = (150.0, 440.0)
 
     @property
     def max_extent(self) -> float:
         """Largest distance from a ring's centre to its outer edge."""
-        return max(self.radius[1] * np.sqrt(self.aspect), self.circle_radius[1])
+        return self.radius[1] * np.sqrt(self.aspect)
 
 
 def ring_layers(
