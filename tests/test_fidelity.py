@@ -6,12 +6,13 @@ a ResNet-18 with our read-out (layer1-4 pooled, 960-d) at its seeded random init
 SimSiam, so the test measures what the data offers an encoder, not how well one was trained).
 A linear probe, cross-validated with slides held out together with their twin, must tell the
 twins apart at 20x and must not at 10x and 5x: the pattern every MIL model in the toy
-experiment depends on. The macro cohort is checked the same way with ellipse and circle
-slides: tiles around a ring must be told apart by their 5x patches (the whole ring), and
-better than by their 20x patches (a piece of band). The 20x patches are not blind to the
-shape: the ends of an ellipse bend more sharply than a circle of the same area, and the probe
-reads that from 20x features too (AUC 0.86 when this test was written; 5x 0.98). (The
-pixel-level checks are in test_toy.py.)
+experiment depends on. The macro cohort is checked the same way with twin slides of oblong
+and square frames: the 20x patches of the tiles around a frame (a straight piece of band or a
+corner) must not tell the shapes apart. Their 5x patches hold the frame's aspect (pixel-level
+check in test_toy.py), but untrained features read it only weakly (probe AUC 0.56 at 5x, 0.49
+at 20x when this test was written): it takes the SimSiam encoders, which
+test_toy_experiment.py covers. (With the earlier ellipses and circles the 20x probe reached
+0.86: a piece of band shows its curvature.)
 """
 
 from __future__ import annotations
@@ -103,9 +104,8 @@ N_MACRO = 6
 
 @pytest.fixture(scope="module")
 def ring_patches(tmp_path_factory):
-    """Per scale the patches of the tiles around each ring (the 3 x 3 tiles centred on it: the
-    20x patches hold pieces of band, the 5x patches the whole ring), label 1 for an ellipse,
-    with the slide as group."""
+    """Per scale the patches of the 3 x 3 tiles around each frame's centre, label 1 for an
+    oblong, with the twin index as group."""
     out = tmp_path_factory.mktemp("fidelity_macro")
     x = {s: [] for s in SCALES}
     y, groups = [], []
@@ -117,22 +117,24 @@ def ring_patches(tmp_path_factory):
             tile_slide(svs, out / f"m{i}_l{label}.h5", patch_px=64)
             store = open_patch_store(out / f"m{i}_l{label}.h5")
             where = {tuple(c): j for j, c in enumerate(store.coords)}
+            corners = [(int(r["cx"]) // 256 * 256, int(r["cy"]) // 256 * 256)
+                       for r in info["rings"]]  # fmt: skip
             picked = [
-                where[(int(r["cx"]) - 128 + dx, int(r["cy"]) - 128 + dy)]
-                for r in info["rings"]
+                where[(x + dx, y + dy)]
+                for x, y in corners
                 for dy in (-256, 0, 256)
                 for dx in (-256, 0, 256)
-                if (int(r["cx"]) - 128 + dx, int(r["cy"]) - 128 + dy) in where
+                if (x + dx, y + dy) in where
             ]
             for s in SCALES:
                 x[s].append(store.read(s)[picked])
             y += [label] * len(picked)
-            groups += [2 * i + label] * len(picked)
+            groups += [i] * len(picked)  # twins (one seed, both labels) held out together
     return {s: np.concatenate(v) for s, v in x.items()}, np.array(y), np.array(groups)
 
 
-def test_macro_shape_seen_by_a_cnn_at_5x(ring_patches):
+def test_macro_shape_not_seen_by_a_cnn_at_20x(ring_patches):
     patches, y, groups = ring_patches
     assert min((y == 0).sum(), (y == 1).sum()) >= 100, np.bincount(y)
     aucs = {s: probe_auc(embed(patches[s]), y, groups) for s in SCALES}
-    assert aucs["5x"] >= 0.9 and aucs["5x"] > aucs["20x"], aucs
+    assert aucs["20x"] <= 0.6, aucs

@@ -102,6 +102,14 @@ def test_grayscale_always_gives_equal_channels_and_blur_kernel_scales():
         AugmentConfig(crop_min_scale=0)
 
 
+def test_crop_ratio_from_config_lists_and_validated():
+    assert AugmentConfig(crop_ratio=[1, 1]).crop_ratio == (1.0, 1.0)  # as YAML gives it
+    assert AugmentConfig(crop_ratio=[1, 1]).to_dict()["crop_ratio"] == [1.0, 1.0]
+    for bad in ((4 / 3, 3 / 4), (0, 1), (1, 1, 1)):
+        with pytest.raises(ValueError, match="crop_ratio"):
+            AugmentConfig(crop_ratio=bad)
+
+
 def test_normalize_matches_imagenet_statistics():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     y = normalize(x)

@@ -48,6 +48,10 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if not 0 < self.crop_min_scale <= 1:
             raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
+        ratio = tuple(float(r) for r in self.crop_ratio)
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"crop_ratio must be (low, high) with 0 < low <= high, got {ratio}")
+        object.__setattr__(self, "crop_ratio", ratio)  # YAML gives a list
         for name in ("jitter_p", "grayscale_p", "blur_p"):
             p = getattr(self, name)
             if not 0 <= p <= 1:

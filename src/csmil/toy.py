@@ -10,13 +10,19 @@ levels at downsample 1/4/16) over an H&E-like background with glass around the t
   64 px) and averages away in the 10x and 5x patches (512 and 1024 px fields), because a
   magenta rim along each arm takes back exactly the colour its core adds. Negative slides
   have the same regions, left plain.
-* ``macro`` (Macro-anomaly): rings with a dark band and a pale inside, 510-710 px across,
-  centred on 20x tile centres. A 5x field holds a whole ring and shows its shape; a 20x field
-  shows only a piece of band. Every ring of a positive slide is an ellipse (axis ratio 1.5),
-  every ring of a negative slide a circle; all enclose the area of a circle of the same radius
-  range with the same band, so only the shape tells them apart. (The curvature of a piece of
-  band still differs: the ends of an ellipse bend more sharply than any circle, which a 20x
-  model can pick up; see tests/test_fidelity.py.)
+* ``macro`` (Macro-anomaly): rectangular frames, a dark band 60 px wide around plain tissue.
+  Every frame of a positive slide is oblong (sides 2:1, about 480 x 970 px), every frame of a
+  negative slide square (725-775 px); both have the same perimeter, so slides of either label
+  hold the same length of band and the same number of right-angled corners, and the inside
+  is tissue like the outside (a pale inside would make the squares' larger inside a count of
+  pale 20x tiles). The oblong's inside is wider than the diagonal of a 256 px field, so a 20x
+  field shows one straight piece of band or one corner, alike for both shapes; a 5x field
+  (1024 px) holds most or all of a frame and shows its aspect (and, for an oblong, two long
+  sides about 480 px apart). Frame centres are not aligned to the tile grid: with aligned
+  centres the band of a frame of a given size crosses its tiles at the same offsets, which a
+  20x model reads. This departs from the paper's ellipses and circles, whose bands differ in
+  curvature within a 20x field (an ellipse's ends bend more sharply than any circle of the
+  same area). See tests/test_toy.py and tests/test_fidelity.py for what each scale shows.
 
 Beside each slide a PNG mask marks the positive regions (uint8 0/255, level-0 size divided by
 the mask downsample, which is stored in the PNG text chunk ``csmil_mask_downsample``).
@@ -52,7 +58,7 @@ COHORTS: tuple[str, ...] = ("micro", "macro")
 MASK_KEY = "csmil_mask_downsample"
 #: Side of the largest (5x) field in level-0 px; objects keep this much room to the border.
 FIELD_5X_PX = 1024
-#: Level-0 tile size of the 20x grid; rings are centred on tile centres of a grid from (0, 0).
+#: Level-0 side of a 20x tile.
 TILE_PX = 256
 
 
@@ -84,21 +90,15 @@ def _place_discs(
     radii: np.ndarray,
     margin: float,
     gap: float,
-    grid: int = 0,
     tries: int = 400,
 ) -> list[tuple[float, float, float]]:
     """Non-overlapping discs ``(cy, cx, r)``, centres at least ``margin`` from the border and
-    discs ``gap`` apart; with ``grid`` > 0, centres sit on ``grid * k + grid / 2``.
+    discs ``gap`` apart.
     Rejection sampling: discs that find no room after ``tries`` draws are dropped."""
     placed: list[tuple[float, float, float]] = []
     for r in radii:
         for _ in range(tries):
             cy, cx = rng.uniform(margin, size - margin, 2)
-            if grid:
-                cy = (np.floor(cy / grid) + 0.5) * grid
-                cx = (np.floor(cx / grid) + 0.5) * grid
-                if min(cy, cx) < margin or max(cy, cx) > size - margin:
-                    continue
             if all(np.hypot(cy - py, cx - px) >= r + pr + gap for py, px, pr in placed):
                 placed.append((float(cy), float(cx), float(r)))
                 break
@@ -117,13 +117,14 @@ def render_toy_canvas(
 
     Objects (micro regions, macro rings) are placed first, identically for both labels, and the
     tissue outline is made to contain them; only then does ``label`` decide what is drawn: crosses
-    or nothing in the micro regions, ellipses or circles in the macro rings. So a negative and a
+    or nothing in the micro regions, oblong or square macro frames. So a negative and a
     positive slide with one seed are twins that differ only by the anomaly.
 
     ``info`` holds ``cohort, label, seed, size_px, tissue_fraction, positive_fraction`` and, for
     micro, ``n_regions, n_crosses`` and ``regions`` (centre ``cy, cx`` and ``radius`` in level-0
-    px; listed on negative slides too, where they stay plain); for macro, ``n_ellipses,
-    n_circles`` and ``rings`` (``cy, cx``, outer semi-axes ``a, b``, angle ``theta``, ``shape``).
+    px; listed on negative slides too, where they stay plain); for macro, ``n_oblongs,
+    n_squares`` and ``rings`` (``cy, cx``, outer half-sides ``a >= b``, angle ``theta`` of side
+    ``a``, ``shape``).
     """
     _check_args(cohort, label, size_px)
     cross = cross or CrossStyle()
@@ -137,16 +138,17 @@ def render_toy_canvas(
         objects = _place_discs(rng, size_px, radii, margin, gap=TILE_PX)
         anchors = [(cy, cx, r + 64.0) for cy, cx, r in objects]
     else:
-        # A ring's centred 5x field (1024 px square) must show no part of another ring.
+        # A 5x field centred on a frame must show no part of another frame. Centres are not
+        # aligned to the 20x tile grid: with aligned centres the band of a frame of a given
+        # size falls at the same offsets inside its tiles, which tells the shapes apart at 20x.
         extent = ring.max_extent
         n_rings = int(round(rng.integers(3, 6) * more))
         objects = _place_discs(
             rng,
             size_px,
             np.full(n_rings, extent),
-            margin,
+            max(margin, extent + 16.0),  # whole frames on the slide
             gap=FIELD_5X_PX / np.sqrt(2) - extent + 16.0,
-            grid=TILE_PX,
         )
         anchors = [(cy, cx, r + 48.0) for cy, cx, r in objects]
     alpha = tissue_alpha(rng, size_px, coverage, anchors)
@@ -171,15 +173,16 @@ def render_toy_canvas(
             positive = disc_mask(positive.shape, objects) & (alpha > 0.5)
         info.update(n_regions=len(objects), n_crosses=n_crosses)
     else:
-        is_ellipse = np.full(len(objects), label == 1)
-        radius = rng.uniform(ring.radius[0], ring.radius[1], len(objects))
+        is_oblong = np.full(len(objects), label == 1)
+        sides = rng.uniform(ring.side[0], ring.side[1], len(objects))
         thetas = rng.uniform(0.0, np.pi, len(objects))
         rings = []
-        for (cy, cx, _), r, ell, theta in zip(objects, radius, is_ellipse, thetas, strict=True):
-            stretch = np.sqrt(ring.aspect) if ell else 1.0
-            a, b = float(r * stretch), float(r / stretch)
-            sy, sx, filled = draw_ring(canvas, cy, cx, a, b, float(theta), ring.thickness)
-            if ell:
+        for (cy, cx, _), side, oblong, theta in zip(objects, sides, is_oblong, thetas, strict=True):
+            a, b = ring.half_sizes(float(side), bool(oblong))
+            sy, sx, filled = draw_ring(
+                canvas, cy, cx, a, b, float(theta), ring.thickness, ring.inside_opacity
+            )
+            if oblong:
                 positive[sy, sx] |= filled > 0.5
             rings.append(
                 {
@@ -188,11 +191,11 @@ def render_toy_canvas(
                     "a": a,
                     "b": b,
                     "theta": float(theta),
-                    "shape": "ellipse" if ell else "circle",
+                    "shape": "oblong" if oblong else "square",
                 }
             )
         info["rings"] = rings
-        info.update(n_ellipses=int(is_ellipse.sum()), n_circles=int((~is_ellipse).sum()))
+        info.update(n_oblongs=int(is_oblong.sum()), n_squares=int((~is_oblong).sum()))
     info["positive_fraction"] = float(positive.mean())
     np.clip(canvas, 0.0, 255.0, out=canvas)
     canvas += 0.5  # round half up on the conversion below

@@ -264,63 +264,92 @@ def draw_crosses(
 
 
 # ---------------------------------------------------------------------------------------------
-# Macro-anomaly: rings (circles and ellipses)
+# Macro-anomaly: rectangular frames (squares and oblong rectangles)
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RingStyle:
-    """Geometry of a macro-anomaly ring, in level-0 pixels.
+    """Geometry of a macro-anomaly ring (a rectangular frame), in level-0 pixels.
 
-    Every ring encloses the area of a circle of radius ``radius`` (drawn uniformly from the
-    range); an ellipse stretches it to axis ratio ``aspect`` at a random angle, a circle keeps
-    it. The dark annulus is ``thickness`` px wide, the inside pale.
+    A square frame has a side drawn uniformly from ``side``; an oblong frame has the same
+    perimeter with sides in ratio ``aspect``. Both are turned by a random angle. The dark band is
+    ``thickness`` px wide; the inside is left as tissue unless ``inside_opacity`` > 0 blends
+    it towards pale pink. The smallest inner width (the oblong's short side
+    less two bands) exceeds the diagonal of a 256 px field, so no 20x field holds two opposite
+    sides or two corners of one frame: a 20x field sees a straight piece of band or one
+    right-angled corner, the same for both shapes, and only a field that holds the whole frame
+    shows its aspect.
     """
 
-    radius: tuple[float, float] = (255.0, 290.0)
-    aspect: float = 1.5
-    thickness: float = 40.0
+    side: tuple[float, float] = (725.0, 775.0)
+    aspect: float = 2.0
+    thickness: float = 60.0
+    #: Opacity of the pale fill inside a frame (0: the inside is plain tissue).
+    inside_opacity: float = 0.0
+
+    def half_sizes(self, side: float, oblong: bool) -> tuple[float, float]:
+        """Outer half-sides ``(a, b)``, ``a >= b``, of a frame of (square) side ``side``."""
+        if not oblong:
+            return side / 2, side / 2
+        short = 2.0 * side / (1.0 + self.aspect)  # equal perimeter: 4 side = 2 short (1 + aspect)
+        return self.aspect * short / 2, short / 2
 
     @property
     def max_extent(self) -> float:
-        """Largest distance from a ring's centre to its outer edge."""
-        return self.radius[1] * np.sqrt(self.aspect)
+        """Largest distance from a frame's centre to its outer edge (a corner)."""
+        return max(float(np.hypot(*self.half_sizes(self.side[1], oblong))) for oblong in (0, 1))
+
+    @property
+    def min_inner_width(self) -> float:
+        """Smallest distance between the inner edges of opposite sides."""
+        return 2 * self.half_sizes(self.side[0], True)[1] - 2 * self.thickness
+
+
+def _box_distance(u: np.ndarray, v: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Signed distance to an axis-aligned box of half-sides ``a``, ``b`` (negative inside)."""
+    qu, qv = np.abs(u) - a, np.abs(v) - b
+    outside = np.hypot(np.maximum(qu, 0.0), np.maximum(qv, 0.0))
+    return outside + np.minimum(np.maximum(qu, qv), 0.0)
 
 
 def ring_layers(
     shape: tuple[int, int], cy: float, cx: float, a: float, b: float, theta: float, thickness: float
 ) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
-    """Annulus and inside opacities (float32 in [0, 1]) of an elliptical ring on its bounding box.
-
-    ``a``, ``b`` are the outer semi-axes, ``theta`` the angle of ``a`` (radians). The signed
-    distance to the ellipse through the middle of the band is approximated to first order
-    (``F / |grad F|``), which keeps the band ``thickness`` px wide all round.
-    """
-    ext = int(np.ceil(max(a, b))) + 2
+    """Band and inside opacities (float32 in [0, 1], anti-aliased) of a rectangular frame on its
+    bounding box. ``a``, ``b`` are the outer half-sides, ``theta`` the angle of side ``a``
+    (radians); the band is ``thickness`` px wide with sharp outer and inner corners."""
+    ext = int(np.ceil(np.hypot(a, b))) + 2
     y0, y1 = max(int(cy) - ext, 0), min(int(cy) + ext + 1, shape[0])
     x0, x1 = max(int(cx) - ext, 0), min(int(cx) + ext + 1, shape[1])
     yy = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy
     xx = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx
     c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
     u, v = xx * c + yy * s, -xx * s + yy * c
-    am, bm = a - thickness / 2, b - thickness / 2
-    f = (u / am) ** 2 + (v / bm) ** 2 - 1.0
-    grad = 2.0 * np.sqrt((u / am**2) ** 2 + (v / bm**2) ** 2) + 1e-9
-    dist = f / grad  # < 0 inside the middle curve
-    band = np.clip(thickness / 2 - np.abs(dist) + 0.5, 0.0, 1.0)
-    inside = np.clip(-dist - thickness / 2 + 0.5, 0.0, 1.0)
-    return band, inside, (slice(y0, y1), slice(x0, x1))
+    filled = np.clip(0.5 - _box_distance(u, v, a, b), 0.0, 1.0)
+    inside = np.clip(0.5 - _box_distance(u, v, a - thickness, b - thickness), 0.0, 1.0)
+    box = (slice(y0, y1), slice(x0, x1))
+    return (filled - inside).astype(np.float32), inside.astype(np.float32), box
 
 
 def draw_ring(
-    rgb: np.ndarray, cy: float, cx: float, a: float, b: float, theta: float, thickness: float
+    rgb: np.ndarray,
+    cy: float,
+    cx: float,
+    a: float,
+    b: float,
+    theta: float,
+    thickness: float,
+    inside_opacity: float = 0.0,
 ) -> tuple[slice, slice, np.ndarray]:
-    """Draw one ring into ``rgb`` (3, H, W) float32 in place: dark band, pale inside.
+    """Draw one frame into ``rgb`` (3, H, W) float32 in place: dark band, optionally a pale
+    inside (``inside_opacity``).
 
     Returns the bounding box and the filled-ring opacity on it (band or inside), for masks.
     """
     band, inside, (sy, sx) = ring_layers(rgb.shape[1:], cy, cx, a, b, theta, thickness)
     patch = rgb[:, sy, sx]
-    patch += (0.7 * inside) * (RING_PALE[:, None, None] - patch)
+    if inside_opacity > 0:
+        patch += (inside_opacity * inside) * (RING_PALE[:, None, None] - patch)
     patch += (0.92 * band) * (RING_DARK[:, None, None] - patch)
     return sy, sx, np.maximum(band, inside)
