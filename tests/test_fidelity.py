@@ -117,11 +117,11 @@ def ring_patches(tmp_path_factory):
             tile_slide(svs, out / f"m{i}_l{label}.h5", patch_px=64)
             store = open_patch_store(out / f"m{i}_l{label}.h5")
             where = {tuple(c): j for j, c in enumerate(store.coords)}
-            corners = [(int(r["cx"]) // 256 * 256, int(r["cy"]) // 256 * 256)
+            origins = [(int(r["cx"]) // 256 * 256, int(r["cy"]) // 256 * 256)
                        for r in info["rings"]]  # fmt: skip
             picked = [
                 where[(x + dx, y + dy)]
-                for x, y in corners
+                for x, y in origins
                 for dy in (-256, 0, 256)
                 for dx in (-256, 0, 256)
                 if (x + dx, y + dy) in where

@@ -179,9 +179,7 @@ def render_toy_canvas(
         rings = []
         for (cy, cx, _), side, oblong, theta in zip(objects, sides, is_oblong, thetas, strict=True):
             a, b = ring.half_sizes(float(side), bool(oblong))
-            sy, sx, filled = draw_ring(
-                canvas, cy, cx, a, b, float(theta), ring.thickness, ring.inside_opacity
-            )
+            sy, sx, filled = draw_ring(canvas, cy, cx, a, b, float(theta), ring.thickness)
             if oblong:
                 positive[sy, sx] |= filled > 0.5
             rings.append(

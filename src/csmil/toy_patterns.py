@@ -18,9 +18,8 @@ GLASS = np.array([243.0, 243.0, 245.0], dtype=np.float32)
 EOSIN_LIGHT = np.array([240.0, 196.0, 220.0], dtype=np.float32)
 EOSIN_DEEP = np.array([222.0, 138.0, 182.0], dtype=np.float32)
 HAEMATOXYLIN = np.array([88.0, 52.0, 132.0], dtype=np.float32)
-#: Ring colours: a near-black annulus around a pale-pink (still stained, so still tissue) inside.
+#: Colour of a macro frame's band (near-black).
 RING_DARK = np.array([46.0, 26.0, 64.0], dtype=np.float32)
-RING_PALE = np.array([246.0, 214.0, 232.0], dtype=np.float32)
 
 #: Work resolution of the smooth fields (tissue outline, stroma texture, nuclear density).
 _COARSE = 4
@@ -273,20 +272,17 @@ class RingStyle:
     """Geometry of a macro-anomaly ring (a rectangular frame), in level-0 pixels.
 
     A square frame has a side drawn uniformly from ``side``; an oblong frame has the same
-    perimeter with sides in ratio ``aspect``. Both are turned by a random angle. The dark band is
-    ``thickness`` px wide; the inside is left as tissue unless ``inside_opacity`` > 0 blends
-    it towards pale pink. The smallest inner width (the oblong's short side
-    less two bands) exceeds the diagonal of a 256 px field, so no 20x field holds two opposite
-    sides or two corners of one frame: a 20x field sees a straight piece of band or one
-    right-angled corner, the same for both shapes, and only a field that holds the whole frame
-    shows its aspect.
+    perimeter with sides in ratio ``aspect``. Both are turned by a random angle. The dark band
+    is ``thickness`` px wide; the inside is left as tissue. The smallest inner width (the
+    oblong's short side less two bands) exceeds the diagonal of a 256 px field, so no 20x field
+    holds two opposite sides or two corners of one frame: a 20x field sees a straight piece of
+    band or one right-angled corner, the same for both shapes, and only a field that holds the
+    whole frame shows its aspect.
     """
 
     side: tuple[float, float] = (725.0, 775.0)
     aspect: float = 2.0
     thickness: float = 60.0
-    #: Opacity of the pale fill inside a frame (0: the inside is plain tissue).
-    inside_opacity: float = 0.0
 
     def half_sizes(self, side: float, oblong: bool) -> tuple[float, float]:
         """Outer half-sides ``(a, b)``, ``a >= b``, of a frame of (square) side ``side``."""
@@ -299,11 +295,6 @@ class RingStyle:
     def max_extent(self) -> float:
         """Largest distance from a frame's centre to its outer edge (a corner)."""
         return max(float(np.hypot(*self.half_sizes(self.side[1], oblong))) for oblong in (0, 1))
-
-    @property
-    def min_inner_width(self) -> float:
-        """Smallest distance between the inner edges of opposite sides."""
-        return 2 * self.half_sizes(self.side[0], True)[1] - 2 * self.thickness
 
 
 def _box_distance(u: np.ndarray, v: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -333,23 +324,13 @@ def ring_layers(
 
 
 def draw_ring(
-    rgb: np.ndarray,
-    cy: float,
-    cx: float,
-    a: float,
-    b: float,
-    theta: float,
-    thickness: float,
-    inside_opacity: float = 0.0,
+    rgb: np.ndarray, cy: float, cx: float, a: float, b: float, theta: float, thickness: float
 ) -> tuple[slice, slice, np.ndarray]:
-    """Draw one frame into ``rgb`` (3, H, W) float32 in place: dark band, optionally a pale
-    inside (``inside_opacity``).
+    """Draw one frame's dark band into ``rgb`` (3, H, W) float32 in place.
 
     Returns the bounding box and the filled-ring opacity on it (band or inside), for masks.
     """
     band, inside, (sy, sx) = ring_layers(rgb.shape[1:], cy, cx, a, b, theta, thickness)
     patch = rgb[:, sy, sx]
-    if inside_opacity > 0:
-        patch += (inside_opacity * inside) * (RING_PALE[:, None, None] - patch)
-    patch += (0.92 * band) * (RING_DARK[:, None, None] - patch)
+    patch += (0.92 * band) * (RING_DARK[:, None, None] - patch)  # a view: draws in place
     return sy, sx, np.maximum(band, inside)
