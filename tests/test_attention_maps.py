@@ -134,9 +134,21 @@ def test_dataset_maps_and_localisation_from_files(slide_files):
         [{"dataset": "d", "method": "m", "attention": [root / "attention.tsv"], "slides": slides}],
         root / "loc.csv",
     )
-    assert loc.loc[0, "auroc"] == 1.0 and loc.loc[0, "n_positive"] == 16
+    # one row per attention the table holds: instance and every scale's weight that varies
+    # (the fixture's 10x weight is one value everywhere)
+    by = loc.set_index("attention")
+    assert by.index.tolist() == ["instance", "scale_20x", "scale_5x"]
+    assert by.loc["instance", "auroc"] == 1.0 and by.loc["instance", "n_positive"] == 16
+    assert by["auroc"].tolist()[1:] == [1.0, 0.0]  # high, low on the mask
     back = pd.read_csv(root / "loc.csv")
-    assert back.columns.tolist()[:3] == ["dataset", "method", "auroc"]
+    assert back.columns.tolist()[:4] == ["dataset", "method", "attention", "auroc"]
+    # a model without scale attention (NaN columns) gets the instance row only
+    write_tsv(load_attention([root / "attention.tsv"]).assign(scale_20x=np.nan, scale_10x=np.nan,
+              scale_5x=np.nan), root / "single.tsv")  # fmt: skip
+    single = attention_localisation(
+        [{"dataset": "d", "method": "m", "attention": [root / "single.tsv"], "slides": slides}]
+    )
+    assert single["attention"].tolist() == ["instance"]
 
 
 def test_render_paints_values_where_the_patches_are(slide_files):

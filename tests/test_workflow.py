@@ -85,7 +85,10 @@ def test_tables_and_figures_are_written(tiny_run):
         assert (res / "figures" / ds / "roc_pr.png").stat().st_size > 10_000
         assert any((res / "figures" / ds / "attention_maps").glob("*.png"))
     loc = pd.read_csv(res / "tables" / "attention_localisation.csv")
-    assert {"dataset", "method", "auroc"} <= set(loc.columns)
+    assert {"dataset", "method", "attention", "auroc"} <= set(loc.columns)
+    kinds = loc.groupby("method")["attention"].agg(set)
+    assert kinds["csmil"] == {"instance", "scale_20x", "scale_10x", "scale_5x"}
+    assert kinds["deepattnmisl_20x"] == kinds["csmil_mean"] == {"instance"}
 
 
 def test_every_stage_left_its_outputs(tiny_run):

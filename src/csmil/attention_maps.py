@@ -19,7 +19,9 @@ panels share one colour range per slide so that scales can be compared.
 
 Localisation (toy cohorts): a patch is *positive* when at least ``min_fraction`` of its 20x tile
 lies in the ground-truth mask. On the slides whose mask is not empty, the AUROC of the patches'
-instance attention against that label measures how well attention finds the anomalies.
+attention against that label measures how well attention finds the anomalies: the instance
+attention, and for models with cross-scale attention also each scale's weight (the panels of
+the maps; paper Fig. 6 reads the anomaly's scale off them).
 """
 
 from __future__ import annotations
@@ -41,7 +43,17 @@ log = logging.getLogger(__name__)
 
 ATTENTION_KEYS = ("slide_id", "patch_index")
 PANELS: tuple[str, ...] = ("instance", *SCALES)
-LOCALISATION_COLUMNS = ("dataset", "method", "auroc", "n_slides", "n_patches", "n_positive")
+LOCALISATION_COLUMNS = (
+    "dataset",
+    "method",
+    "attention",
+    "auroc",
+    "n_slides",
+    "n_patches",
+    "n_positive",
+)
+#: Attention columns of ``attention.tsv`` that localisation is measured for, when present.
+LOCALISATION_ATTENTION = ("instance", *(f"scale_{s}" for s in SCALES))
 
 
 def default_footprints(cohort: str | None) -> dict[str, str]:
@@ -202,8 +214,10 @@ def tile_mask_fraction(geom: PatchGeometry, mask: np.ndarray, mask_downsample: f
 def localisation_auroc(
     slides: Sequence[tuple[pd.DataFrame, PatchGeometry, np.ndarray, float]],
     min_fraction: float = 0.5,
+    column: str = "instance",
 ) -> dict[str, float]:
-    """AUROC of instance attention for positive patches, pooled over slides.
+    """AUROC of one attention ``column`` (default the instance attention) for positive
+    patches, pooled over slides.
 
     ``slides`` holds per slide its attention rows, geometry, mask (bool) and mask downsample.
     Slides whose mask is empty are skipped. Returns ``auroc`` (NaN when the pooled patches
@@ -218,7 +232,7 @@ def localisation_auroc(
         idx = att["patch_index"].to_numpy(dtype=np.int64)
         sub = PatchGeometry(geom.coords[idx], geom.tile_px, geom.mpp)
         labels.append(tile_mask_fraction(sub, mask, mask_ds) >= min_fraction)
-        scores.append(att["instance"].to_numpy(dtype=float))
+        scores.append(att[column].to_numpy(dtype=float))
         used += 1
     y = np.concatenate(labels) if labels else np.zeros(0, bool)
     s = np.concatenate(scores) if scores else np.zeros(0)
@@ -226,7 +240,8 @@ def localisation_auroc(
     y, s = y[ok], s[ok]
     auroc = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else np.nan
     if np.isnan(auroc):
-        log.warning("localisation AUROC undefined: %d patches, %d positive", len(y), y.sum())
+        log.warning("localisation AUROC of %s undefined: %d patches, %d positive", column, len(y),
+                    y.sum())  # fmt: skip
     return {"auroc": auroc, "n_slides": used, "n_patches": len(y), "n_positive": int(y.sum())}
 
 
@@ -374,8 +389,10 @@ def attention_localisation(
     out_csv: str | os.PathLike | None = None,
     min_fraction: float = 0.5,
 ) -> pd.DataFrame:
-    """Localisation AUROC per run; each run is ``{"dataset", "method", "attention": [fold
-    tables], "slides": {slide id: {"patches", "mask"}}}``. Columns
+    """Localisation AUROC per run and attention; each run is ``{"dataset", "method",
+    "attention": [fold tables], "slides": {slide id: {"patches", "mask"}}}``. One row per run
+    and column of :data:`LOCALISATION_ATTENTION` the run's tables hold with more than one value
+    (fixed 1/3 scale weights, e.g., are left out); columns
     :data:`LOCALISATION_COLUMNS`; written to ``out_csv`` when given."""
     from csmil.io import atomic_path
     from csmil.toy import read_toy_mask
@@ -396,11 +413,17 @@ def attention_localisation(
                 masks[paths["mask"]] = read_toy_mask(paths["mask"])
             mask, mask_ds = masks[paths["mask"]]
             per_slide.append((groups[slide_id], geoms[paths["patches"]], mask, mask_ds))
-        result = localisation_auroc(per_slide, min_fraction)
-        rows.append({"dataset": run["dataset"], "method": run["method"], **result})
-        log.info("%s %s: localisation AUROC %.4f over %d patches (%d positive) of %d slides",
-                 run["dataset"], run["method"], result["auroc"], result["n_patches"],
-                 result["n_positive"], result["n_slides"])  # fmt: skip
+        for column in LOCALISATION_ATTENTION:
+            values = att[column] if column in att.columns else pd.Series(dtype=float)
+            if values.isna().all() or values.max() - values.min() < 1e-6:
+                continue  # no such attention, or one value for all patches (fixed weights)
+            result = localisation_auroc(per_slide, min_fraction, column)
+            rows.append(
+                {"dataset": run["dataset"], "method": run["method"], "attention": column, **result}
+            )
+            log.info("%s %s %s: localisation AUROC %.4f over %d patches (%d positive) of %d "
+                     "slides", run["dataset"], run["method"], column, result["auroc"],
+                     result["n_patches"], result["n_positive"], result["n_slides"])  # fmt: skip
     df = pd.DataFrame(rows, columns=list(LOCALISATION_COLUMNS))
     if out_csv is not None:
         with atomic_path(out_csv) as tmp:
