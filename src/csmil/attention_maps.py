@@ -391,8 +391,9 @@ def attention_localisation(
 ) -> pd.DataFrame:
     """Localisation AUROC per run and attention; each run is ``{"dataset", "method",
     "attention": [fold tables], "slides": {slide id: {"patches", "mask"}}}``. One row per run
-    and column of :data:`LOCALISATION_ATTENTION` the run's tables hold with more than one value
-    (fixed 1/3 scale weights, e.g., are left out); columns
+    for the instance attention and one per scale weight (``scale_*`` of
+    :data:`LOCALISATION_ATTENTION`) the run's tables hold with more than one value (fixed 1/3
+    weights, e.g., are left out); columns
     :data:`LOCALISATION_COLUMNS`; written to ``out_csv`` when given."""
     from csmil.io import atomic_path
     from csmil.toy import read_toy_mask
@@ -414,9 +415,10 @@ def attention_localisation(
             mask, mask_ds = masks[paths["mask"]]
             per_slide.append((groups[slide_id], geoms[paths["patches"]], mask, mask_ds))
         for column in LOCALISATION_ATTENTION:
-            values = att[column] if column in att.columns else pd.Series(dtype=float)
-            if values.isna().all() or values.max() - values.min() < 1e-6:
-                continue  # no such attention, or one value for all patches (fixed weights)
+            if column != "instance":  # skip scale weights a model lacks or fixes (1/3 each)
+                values = att[column] if column in att.columns else pd.Series(dtype=float)
+                if values.isna().all() or values.max() - values.min() < 1e-6:
+                    continue
             result = localisation_auroc(per_slide, min_fraction, column)
             rows.append(
                 {"dataset": run["dataset"], "method": run["method"], "attention": column, **result}
