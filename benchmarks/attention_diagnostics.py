@@ -69,9 +69,9 @@ def tile_table(results: Path, dataset: str) -> pd.DataFrame:
 def attention_ranks(tiles: pd.DataFrame, attention: pd.DataFrame) -> pd.DataFrame:
     """Mean within-slide rank and count of the instance attention per slide class and kind."""
     df = attention.merge(tiles, on=["slide_id", "patch_index"], how="inner")
-    df["rank"] = df.groupby("slide_id")["instance"].rank(pct=True, method="average")
-    n = df.groupby("slide_id")["instance"].transform("size")
-    df["rank"] = (df["rank"] * n - 1) / (n - 1).clip(lower=1)  # 0 lowest .. 1 highest
+    by_slide = df.groupby("slide_id")["instance"]
+    n = by_slide.transform("size")
+    df["rank"] = (by_slide.rank() - 1) / (n - 1).clip(lower=1)  # 0 lowest .. 1 highest
     out = df.groupby(["positive_slide", "kind"])["rank"].agg(n="size", mean_rank="mean")
     return out.round(3)
 
