@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from csmil import SCALES
-from csmil.attention_maps import load_attention, patch_geometry, tile_mask_fraction
-from csmil.featurestore import read_features
-from csmil.patchstore import open_patch_store
-from csmil.toy import read_toy_mask
+from csmil.encoders.featurestore import read_features
+from csmil.reporting.attention_maps import load_attention, patch_geometry, tile_mask_fraction
+from csmil.slides.patchstore import open_patch_store
+from csmil.toy.generator import read_toy_mask
 
 WHITE_LEVEL = 210  # a pixel is background when all three channels exceed this
 EDGE_WHITE_FRACTION = 0.05

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from csmil import SCALES
-from csmil.embed import embed_slide
-from csmil.patchstore import PatchStoreWriter
+from csmil.encoders.embedding import embed_slide
+from csmil.encoders.simsiam import train_simsiam
 from csmil.runtime import select_device, setup_logging
-from csmil.simsiam import train_simsiam
+from csmil.slides.patchstore import PatchStoreWriter
 
 
 def make_store(path: Path, n: int, px: int, seed: int = 0) -> Path:

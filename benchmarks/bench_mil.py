@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from csmil.bags import load_patients
 from csmil.io import read_tsv
+from csmil.mil.bags import load_patients
+from csmil.mil.training import train_fold
 from csmil.runtime import set_threads, setup_logging
-from csmil.train import train_fold
 
 METHODS = {
     "deepattnmisl_20x": {},

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from csmil import SCALES
-from csmil.attention_maps import (
+from csmil.io import write_tsv
+from csmil.reporting.attention_maps import (
     PatchGeometry,
     attention_canvas,
     attention_localisation,
@@ -15,10 +16,9 @@ from csmil.attention_maps import (
     render_dataset_maps,
     tile_mask_fraction,
 )
-from csmil.io import write_tsv
-from csmil.patchstore import PatchStoreWriter
-from csmil.svs import write_aperio_svs
-from csmil.toy import write_toy_mask
+from csmil.slides.patchstore import PatchStoreWriter
+from csmil.toy.generator import write_toy_mask
+from csmil.toy.svs import write_aperio_svs
 
 TILE = 64  # level-0 px of a 20x tile in these synthetic slides
 GRID = 8  # tiles per side: 512 x 512 px slides
@@ -152,7 +152,7 @@ def test_dataset_maps_and_localisation_from_files(slide_files):
 
 
 def test_render_paints_values_where_the_patches_are(slide_files):
-    from csmil.attention_maps import render_slide
+    from csmil.reporting.attention_maps import render_slide
 
     root, slides = slide_files
     att = load_attention([root / "attention.tsv"])

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.bags import (
+from csmil.encoders.featurestore import write_features
+from csmil.io import write_tsv
+from csmil.mil.bags import (
     EmptyPatientError,
     PatientBags,
     PatientBagSource,
     load_patient,
     sample_bags,
 )
-from csmil.featurestore import write_features
-from csmil.io import write_tsv
 
 SIZES = np.array([0, 1, 2, 5, 10, 3, 0, 7])  # instances per cluster; clusters 0 and 6 empty
 

@@ -1,8 +1,8 @@
 import numpy as np
 
-from csmil.cluster import cluster_patient, kmeans_labels
-from csmil.featurestore import write_features
+from csmil.encoders.featurestore import write_features
 from csmil.io import read_tsv
+from csmil.mil.phenotypes import cluster_patient, kmeans_labels
 
 SCALES = ("20x", "10x", "5x")
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from csmil.compare import (
+from csmil.evaluation.compare import (
     COMPARE_COLUMNS,
     align,
     compare_dataset,
@@ -11,8 +11,8 @@ from csmil.compare import (
     read_comparison,
     significance,
 )
+from csmil.evaluation.stats import bootstrap_test, delong_test
 from csmil.io import write_tsv
-from csmil.stats import bootstrap_test, delong_test
 
 
 def predictions(ids, labels, probs, fold=0):

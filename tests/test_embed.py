@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.augment import normalize
-from csmil.embed import embed_slide
-from csmil.featurestore import read_features
-from csmil.patchstore import PatchStoreWriter, open_patch_store
-from csmil.simsiam import load_encoder, train_simsiam
+from csmil.encoders.augment import normalize
+from csmil.encoders.embedding import embed_slide
+from csmil.encoders.featurestore import read_features
+from csmil.encoders.simsiam import load_encoder, train_simsiam
+from csmil.slides.patchstore import PatchStoreWriter, open_patch_store
 
 PX = 32
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csmil.evaluate import evaluate_method, pool_predictions
+from csmil.evaluation.metrics import evaluate_method, pool_predictions
 from csmil.io import read_tsv, write_tsv
 
 

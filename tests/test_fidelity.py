@@ -27,11 +27,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from csmil import SCALES
-from csmil.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
-from csmil.patchstore import open_patch_store
-from csmil.simsiam import build_backbone
-from csmil.tiling import tile_slide
-from csmil.toy import make_toy_slide, read_toy_mask
+from csmil.encoders.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
+from csmil.encoders.simsiam import build_backbone
+from csmil.slides.patchstore import open_patch_store
+from csmil.slides.tiling import tile_slide
+from csmil.toy.generator import make_toy_slide, read_toy_mask
 
 pytestmark = pytest.mark.slow
 

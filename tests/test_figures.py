@@ -4,8 +4,9 @@ import pytest
 from PIL import Image
 from scipy.stats import wilcoxon
 
-from csmil.evaluate import curve_points
-from csmil.figures import (
+from csmil.evaluation.metrics import curve_points
+from csmil.io import write_tsv
+from csmil.reporting.figures import (
     SUMMARY_COLUMNS,
     TEST_COLUMNS,
     labelled_attention,
@@ -15,7 +16,6 @@ from csmil.figures import (
     scale_attention_summary,
     scale_attention_tests,
 )
-from csmil.io import write_tsv
 
 
 def is_png(path, min_size=(200, 200)):

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from csmil.toy import make_toy_slide, toy_sample_sheet
+from csmil.toy.generator import make_toy_slide, toy_sample_sheet
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "config" / "tiny.yaml"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.models import (
+from csmil.mil.models import (
     MIL_MODELS,
     MILBatch,
     count_parameters,

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.bags import load_patient
-from csmil.models import create_mil_model, save_mil_checkpoint
+from csmil.encoders.simsiam import train_simsiam
+from csmil.mil.bags import load_patient
+from csmil.mil.models import create_mil_model, save_mil_checkpoint
 from csmil.predict import PREDICT_COLUMNS, add_predict_parser, score_patient
-from csmil.simsiam import train_simsiam
-from csmil.svs import write_aperio_svs
-from csmil.tiling import tile_slide
-from csmil.toy import make_toy_slide
+from csmil.slides.tiling import tile_slide
+from csmil.toy.generator import make_toy_slide
+from csmil.toy.svs import write_aperio_svs
 
 PX = 32
 
@@ -82,8 +82,8 @@ def test_predict_scores_new_slides_with_every_fold_model(run, tmp_path):
 
 def test_score_patient_averages_attention_over_models(run, tmp_path):
     feats = tmp_path / "f.h5"
-    from csmil.cluster import cluster_patient
-    from csmil.embed import embed_slide
+    from csmil.encoders.embedding import embed_slide
+    from csmil.mil.phenotypes import cluster_patient
 
     embed_slide(run / "train.h5", {s: run / "encoders" / f"{s}.pt" for s in SCALES}, feats,
                 device="cpu")  # fmt: skip

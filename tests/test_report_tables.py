@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csmil.compare import COMPARE_COLUMNS
+from csmil.evaluation.compare import COMPARE_COLUMNS
 from csmil.io import write_tsv
-from csmil.models import create_mil_model, save_mil_checkpoint
-from csmil.report_tables import (
+from csmil.mil.models import create_mil_model, save_mil_checkpoint
+from csmil.reporting.tables import (
     NOT_RUN,
     RSS_LABEL,
     dataset_counts,

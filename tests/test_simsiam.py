@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.augment import AugmentConfig, BatchAugment, blur_kernel_size, normalize
-from csmil.io import read_tsv
-from csmil.patchstore import PatchStoreWriter
-from csmil.simsiam import (
+from csmil.encoders.augment import AugmentConfig, BatchAugment, blur_kernel_size, normalize
+from csmil.encoders.simsiam import (
     SimSiam,
     build_backbone,
     encoder_id,
@@ -21,6 +19,8 @@ from csmil.simsiam import (
     lr_at,
     train_simsiam,
 )
+from csmil.io import read_tsv
+from csmil.slides.patchstore import PatchStoreWriter
 
 PX = 32
 FAST = dict(
@@ -201,8 +201,8 @@ def test_max_patches_small_batch_and_too_few(stores, tmp_path, caplog):
 
 @pytest.mark.parametrize("max_patches", [2, 30, None])
 def test_patch_sample_cache_equals_lazy_reads(stores, max_patches):
-    from csmil.patchstore import open_patch_store
-    from csmil.simsiam import _PatchSample
+    from csmil.encoders.simsiam import _PatchSample
+    from csmil.slides.patchstore import open_patch_store
 
     cached = _PatchSample(stores, "10x", max_patches, 4096, np.random.default_rng(0))
     lazy = _PatchSample(stores, "10x", max_patches, 0, np.random.default_rng(0))

@@ -1,4 +1,4 @@
-"""Opening slides, MPP and physical level choice (csmil.slide)."""
+"""Opening slides, MPP and physical level choice (csmil.slides.reader)."""
 
 import logging
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from csmil.slide import (
+from csmil.slides.reader import (
     best_level_for,
     open_slide,
     read_region_rgb,
     slide_mpp,
     slide_thumbnail,
 )
-from csmil.svs import downsample_rgb, write_aperio_svs
+from csmil.toy.svs import downsample_rgb, write_aperio_svs
 
 
 class FakeSlide:
@@ -59,7 +59,7 @@ def test_mpp_from_metadata_20x_and_40x(svs20, tmp_path):
 
 
 def test_mpp_falls_back_to_objective_power_with_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="csmil.slide"):
+    with caplog.at_level(logging.WARNING, logger="csmil.slides.reader"):
         assert slide_mpp(FakeSlide({"openslide.objective-power": "40"})) == pytest.approx(0.25)
     assert "objective power" in caplog.text
     assert slide_mpp(FakeSlide({"openslide.objective-power": "20"})) == pytest.approx(0.5)

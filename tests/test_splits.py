@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csmil.splits import assign_folds, fold_roles, ledger_path, update_splits
+from csmil.mil.splits import assign_folds, fold_roles, ledger_path, update_splits
 
 
 def cohort(n_pos, n_neg, start=0):

@@ -1,4 +1,4 @@
-"""Tests of csmil.stats against independent computations and a published worked example."""
+"""csmil.evaluation.stats against independent computations and a published worked example."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from csmil import stats
+from csmil.evaluation import stats
 
 
 def _data(seed: int, n: int = 80, ties: bool = False):

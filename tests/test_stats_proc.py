@@ -1,4 +1,4 @@
-"""csmil.stats against R's pROC on pROC's own example data set, ``aSAH``.
+"""csmil.evaluation.stats against R's pROC on pROC's own example data set, ``aSAH``.
 
 Data: ``tests/data/asah.tsv`` holds four columns of ``aSAH`` (113 patients with aneurysmal
 subarachnoid haemorrhage; Turck et al. 2010, Intensive Care Med 36:107-115), the data set
@@ -28,12 +28,12 @@ Reference values, all from github.com/xrobin/pROC unless stated, for
 Values quoted to 15 significant digits are required to 1e-12 relative; printed values to the
 digits printed.
 
-Direction: ``roc()`` picks the direction from the medians (controls below cases gives ``"<"``);
-for all three markers pROC reports "72 controls (aSAH$outcome Good) < 41 cases (aSAH$outcome
-Poor)", i.e. a higher value means Poor. That is csmil.stats' fixed convention (a higher score
-means class 1), so the scores go in unchanged. pROC's bootstrap outputs are documented only for
-10 replicates under R's random number generator, too few to compare with, so the bootstrap is
-not checked here.
+Direction: ``roc()`` picks the direction from the medians (controls below cases gives ``"<"``); for
+all three markers pROC reports "72 controls (aSAH$outcome Good) < 41 cases (aSAH$outcome Poor)",
+i.e. a higher value means Poor. That is csmil.evaluation.stats' fixed convention (a higher score
+means class 1), so the scores go in unchanged. pROC's bootstrap outputs are documented only for 10
+replicates under R's random number generator, too few to compare with, so the bootstrap is not
+checked here.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from csmil import stats
+from csmil.evaluation import stats
 
 ASAH = Path(__file__).parent / "data" / "asah.tsv"
 MARKERS = ("s100b", "wfns", "ndka")

@@ -2,10 +2,10 @@ import numpy as np
 import openslide
 import pytest
 
-from csmil.featurestore import read_features, write_features
+from csmil.encoders.featurestore import read_features, write_features
 from csmil.io import atomic_path
-from csmil.patchstore import PatchStoreWriter, open_patch_store
-from csmil.svs import downsample_rgb, write_aperio_svs
+from csmil.slides.patchstore import PatchStoreWriter, open_patch_store
+from csmil.toy.svs import downsample_rgb, write_aperio_svs
 
 SCALES = ("20x", "10x", "5x")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 
 from csmil.io import write_tsv
-from csmil.tables import table5, to_markdown, write_table
+from csmil.reporting.markdown import table5, to_markdown, write_table
 
 
 def metrics(tmp_path, name, auc, ap):

@@ -1,4 +1,4 @@
-"""Tiling into co-centred 20x / 10x / 5x patches (csmil.tiling) on synthetic Aperio slides."""
+"""Co-centred 20x / 10x / 5x patches (csmil.slides.tiling) on synthetic Aperio slides."""
 
 import logging
 
@@ -7,9 +7,9 @@ import pytest
 import tifffile
 
 from csmil import SCALES
-from csmil.patchstore import open_patch_store
-from csmil.svs import write_aperio_svs
-from csmil.tiling import tile_slide, tile_tissue_fraction
+from csmil.slides.patchstore import open_patch_store
+from csmil.slides.tiling import tile_slide, tile_tissue_fraction
+from csmil.toy.svs import write_aperio_svs
 
 PINK = (220, 150, 200)
 BLUE = (30, 30, 200)
@@ -144,7 +144,7 @@ def test_fields_past_the_slide_edge_are_white(slides, tmp_path):
 
 def test_glass_slide_gives_valid_empty_store(slides, tmp_path, caplog):
     out = tmp_path / "glass.h5"
-    with caplog.at_level(logging.WARNING, logger="csmil.tiling"):
+    with caplog.at_level(logging.WARNING, logger="csmil.slides.tiling"):
         summary = tile_slide(slides / "glass.svs", out, patch_px=32)
     assert summary["n_tiles"] == 0 and "no tissue" in caplog.text
     with open_patch_store(out) as st:

@@ -1,9 +1,9 @@
-"""Tissue mask (csmil.tissue)."""
+"""Tissue mask (csmil.slides.tissue)."""
 
 import numpy as np
 import pytest
 
-from csmil.tissue import TissueParams, otsu_threshold, saturation, tissue_mask
+from csmil.slides.tissue import TissueParams, otsu_threshold, saturation, tissue_mask
 
 PINK = (220, 150, 200)
 

@@ -13,14 +13,14 @@ import openslide
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from csmil.toy import (
+from csmil.toy.generator import (
     make_toy_slide,
     read_toy_mask,
     render_toy_canvas,
     toy_sample_sheet,
     write_toy_mask,
 )
-from csmil.toy_patterns import GLASS, RingStyle, ring_layers
+from csmil.toy.patterns import GLASS, RingStyle, ring_layers
 
 PATCH_PX = 64
 FIELDS = {"20x": 256, "10x": 512, "5x": 1024}

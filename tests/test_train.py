@@ -11,12 +11,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-import csmil.train as train_mod
+import csmil.mil.training as train_mod
 from csmil import SCALES
-from csmil.bags import EmptyPatientError, PatientBags, PatientBagSource
 from csmil.io import read_tsv
-from csmil.models import MIL_MODELS, MILOutput, load_mil_checkpoint, model_options
-from csmil.train import (
+from csmil.mil.bags import EmptyPatientError, PatientBags, PatientBagSource
+from csmil.mil.models import MIL_MODELS, MILOutput, load_mil_checkpoint, model_options
+from csmil.mil.training import (
     ATTENTION_COLUMNS,
     HISTORY_COLUMNS,
     PREDICTION_COLUMNS,
@@ -258,7 +258,7 @@ def test_attention_is_averaged_over_the_bags_a_patch_appears_in():
 
 
 def test_default_clustering_follows_the_model():
-    from csmil.train import default_clustering
+    from csmil.mil.training import default_clustering
 
     assert default_clustering("deepattnmisl", {"scale": "5x"}) == "5x"
     assert default_clustering("deepattnmisl", {}) == "20x"

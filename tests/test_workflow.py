@@ -57,7 +57,7 @@ def configured_methods():
 
 
 def test_table5_has_real_numbers_for_every_method(tiny_run):
-    from csmil.models import MIL_MODELS
+    from csmil.mil.models import MIL_MODELS
 
     df = pd.read_csv(tiny_run / "results" / "tables" / "table5.csv")
     assert df["method"].tolist() == configured_methods()
@@ -92,8 +92,8 @@ def test_tables_and_figures_are_written(tiny_run):
 
 
 def test_every_stage_left_its_outputs(tiny_run):
-    from csmil.featurestore import read_features
-    from csmil.patchstore import open_patch_store
+    from csmil.encoders.featurestore import read_features
+    from csmil.slides.patchstore import open_patch_store
 
     res = tiny_run / "results"
     slides = sorted((res / "micro" / "slides").glob("*.svs"))

@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.attention_maps.attention_localisation."""
+"""Snakemake adapter: csmil.reporting.attention_maps.attention_localisation."""
 
-from csmil.attention_maps import attention_localisation
+from csmil.reporting.attention_maps import attention_localisation
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

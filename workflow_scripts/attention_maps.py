@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.attention_maps.render_dataset_maps."""
+"""Snakemake adapter: csmil.reporting.attention_maps.render_dataset_maps."""
 
-from csmil.attention_maps import render_dataset_maps
+from csmil.reporting.attention_maps import render_dataset_maps
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.cluster.cluster_patient."""
+"""Snakemake adapter: csmil.mil.phenotypes.cluster_patient."""
 
-from csmil.cluster import cluster_patient
+from csmil.mil.phenotypes import cluster_patient
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.compare.compare_dataset."""
+"""Snakemake adapter: csmil.evaluation.compare.compare_dataset."""
 
-from csmil.compare import compare_dataset
+from csmil.evaluation.compare import compare_dataset
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

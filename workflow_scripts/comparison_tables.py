@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.report_tables.write_comparison_tables (Tables 1-3)."""
+"""Snakemake adapter: csmil.reporting.tables.write_comparison_tables (Tables 1-3)."""
 
-from csmil.report_tables import write_comparison_tables
+from csmil.reporting.tables import write_comparison_tables
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.embed.embed_slide."""
+"""Snakemake adapter: csmil.encoders.embedding.embed_slide."""
 
-from csmil.embed import embed_slide
+from csmil.encoders.embedding import embed_slide
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.evaluate.evaluate_method."""
+"""Snakemake adapter: csmil.evaluation.metrics.evaluate_method."""
 
-from csmil.evaluate import evaluate_method
+from csmil.evaluation.metrics import evaluate_method
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,9 +1,9 @@
-"""Snakemake adapter: csmil.splits.update_splits."""
+"""Snakemake adapter: csmil.mil.splits.update_splits."""
 
 import pandas as pd
 
+from csmil.mil.splits import update_splits
 from csmil.runtime import setup_logging
-from csmil.splits import update_splits
 
 setup_logging(snakemake.log[0])
 update_splits(

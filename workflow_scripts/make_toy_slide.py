@@ -1,7 +1,7 @@
-"""Snakemake adapter: csmil.toy.make_toy_slide."""
+"""Snakemake adapter: csmil.toy.generator.make_toy_slide."""
 
 from csmil.runtime import setup_logging
-from csmil.toy import make_toy_slide
+from csmil.toy.generator import make_toy_slide
 
 setup_logging(snakemake.log[0])
 make_toy_slide(

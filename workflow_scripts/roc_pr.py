@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.figures.roc_pr_figure."""
+"""Snakemake adapter: csmil.reporting.figures.roc_pr_figure."""
 
-from csmil.figures import roc_pr_figure
+from csmil.reporting.figures import roc_pr_figure
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

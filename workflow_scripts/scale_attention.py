@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.figures.scale_attention_report."""
+"""Snakemake adapter: csmil.reporting.figures.scale_attention_report."""
 
-from csmil.figures import scale_attention_report
+from csmil.reporting.figures import scale_attention_report
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

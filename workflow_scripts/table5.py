@@ -1,9 +1,9 @@
-"""Snakemake adapter: csmil.tables.table5."""
+"""Snakemake adapter: csmil.reporting.markdown.table5."""
 
 import logging
 
+from csmil.reporting.markdown import table5, write_table
 from csmil.runtime import setup_logging
-from csmil.tables import table5, write_table
 
 setup_logging(snakemake.log[0])
 df = table5(snakemake.params.metrics, snakemake.params.methods, snakemake.params.cohorts)

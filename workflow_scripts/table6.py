@@ -1,6 +1,6 @@
-"""Snakemake adapter: csmil.report_tables.write_table6."""
+"""Snakemake adapter: csmil.reporting.tables.write_table6."""
 
-from csmil.report_tables import write_table6
+from csmil.reporting.tables import write_table6
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

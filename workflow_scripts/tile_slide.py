@@ -1,7 +1,7 @@
-"""Snakemake adapter: csmil.tiling.tile_slide."""
+"""Snakemake adapter: csmil.slides.tiling.tile_slide."""
 
 from csmil.runtime import setup_logging
-from csmil.tiling import tile_slide
+from csmil.slides.tiling import tile_slide
 
 setup_logging(snakemake.log[0])
 tile_slide(

@@ -1,7 +1,7 @@
-"""Snakemake adapter: csmil.simsiam.train_simsiam."""
+"""Snakemake adapter: csmil.encoders.simsiam.train_simsiam."""
 
+from csmil.encoders.simsiam import train_simsiam
 from csmil.runtime import setup_logging
-from csmil.simsiam import train_simsiam
 
 setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -1,9 +1,9 @@
-"""Snakemake adapter: csmil.train.train_fold on one fold."""
+"""Snakemake adapter: csmil.mil.training.train_fold on one fold."""
 
-from csmil.bags import load_patients
 from csmil.io import read_tsv
+from csmil.mil.bags import load_patients
+from csmil.mil.training import train_fold
 from csmil.runtime import setup_logging
-from csmil.train import train_fold
 
 setup_logging(snakemake.log[0])
 p = snakemake.params

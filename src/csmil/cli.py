@@ -39,7 +39,7 @@ def _encoder_map(items: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_toy_slide(a: argparse.Namespace) -> object:
-    from csmil.toy import make_toy_slide
+    from csmil.toy.generator import make_toy_slide
 
     return make_toy_slide(
         a.out_svs, a.out_mask, cohort=a.cohort, label=a.label, seed=a.seed, size_px=a.size_px
@@ -47,7 +47,7 @@ def cmd_toy_slide(a: argparse.Namespace) -> object:
 
 
 def cmd_tile(a: argparse.Namespace) -> object:
-    from csmil.tiling import tile_slide
+    from csmil.slides.tiling import tile_slide
 
     return tile_slide(
         a.slide,
@@ -61,7 +61,7 @@ def cmd_tile(a: argparse.Namespace) -> object:
 
 
 def cmd_train_encoder(a: argparse.Namespace) -> object:
-    from csmil.simsiam import train_simsiam
+    from csmil.encoders.simsiam import train_simsiam
 
     return train_simsiam(
         a.patch_stores,
@@ -82,7 +82,7 @@ def cmd_train_encoder(a: argparse.Namespace) -> object:
 
 
 def cmd_embed(a: argparse.Namespace) -> object:
-    from csmil.embed import embed_slide
+    from csmil.encoders.embedding import embed_slide
 
     return embed_slide(
         a.patches,
@@ -95,7 +95,7 @@ def cmd_embed(a: argparse.Namespace) -> object:
 
 
 def cmd_cluster(a: argparse.Namespace) -> object:
-    from csmil.cluster import cluster_patient
+    from csmil.mil.phenotypes import cluster_patient
 
     df = cluster_patient(a.features, a.out, n_clusters=a.n_clusters, seed=a.seed)
     return {"patches": len(df), "out": a.out}
@@ -117,7 +117,7 @@ def cmd_validate(a: argparse.Namespace) -> object:
 
 
 def cmd_models(a: argparse.Namespace) -> object:
-    from csmil.models import MIL_MODELS, count_parameters, create_mil_model
+    from csmil.mil.models import MIL_MODELS, count_parameters, create_mil_model
 
     rows = {}
     for name in MIL_MODELS:

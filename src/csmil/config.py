@@ -156,7 +156,7 @@ def dataset_sample_sheet(name: str, dataset: dict, seed: int, results: str = "re
     """
     if "samples" in dataset:
         return load_sample_sheet(dataset["samples"])
-    from csmil.toy import toy_sample_sheet
+    from csmil.toy.generator import toy_sample_sheet
 
     toy = dataset["toy"]
     return toy_sample_sheet(

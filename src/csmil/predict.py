@@ -1,13 +1,14 @@
 """Apply a trained run to new slides: tile, embed, cluster, score with every fold model.
 
-No retraining. Each new slide is handled as its own patient, through the same steps as the
-training cohort (:func:`csmil.tiling.tile_slide` with the encoders' ``patch_px``,
-:func:`csmil.embed.embed_slide` with the run's encoders, :func:`csmil.cluster.cluster_patient`
-with the models' ``n_clusters``), then scored by every fold model on ``n_bags`` random bags of
-the bag mode the models were trained with (the authors' test procedure, reference notes §3.3):
-a model's probability is its mean over bags and the slide's is the mean over models (the fold
-ensemble of the authors' released inference). Each patch's attention is averaged over all bags
-of all models it was drawn into, and the maps are drawn as for the training cohort.
+No retraining. Each new slide is handled as its own patient, through the same steps as the training
+cohort (:func:`csmil.slides.tiling.tile_slide` with the encoders' ``patch_px``,
+:func:`csmil.encoders.embedding.embed_slide` with the run's encoders,
+:func:`csmil.mil.phenotypes.cluster_patient` with the models' ``n_clusters``), then scored by every
+fold model on ``n_bags`` random bags of the bag mode the models were trained with (the authors' test
+procedure, reference notes §3.3): a model's probability is its mean over bags and the slide's is the
+mean over models (the fold ensemble of the authors' released inference). Each patch's attention is
+averaged over all bags of all models it was drawn into, and the maps are drawn as for the training
+cohort.
 
 Outputs under ``out_dir``: ``predictions.tsv`` (one row per slide: ``slide_id, slide_path,
 n_patches, n_models, prob, prob_sd, predicted_label, prob_fold0 ...``), ``attention/{slide}.tsv``,
@@ -40,7 +41,7 @@ PREDICT_COLUMNS = ("slide_id", "slide_path", "n_patches", "n_models", "prob", "p
 
 def _load_models(model_paths: Sequence[str | os.PathLike], device) -> tuple[list, dict[str, Any]]:
     """Fold models in eval mode and the training settings they share (n_clusters, bag_mode)."""
-    from csmil.models import load_mil_checkpoint
+    from csmil.mil.models import load_mil_checkpoint
 
     if not model_paths:
         raise ValueError("no model checkpoints were given; pass the fold model.pt files")
@@ -70,13 +71,13 @@ def score_patient(
     seed: int,
     device,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Score one :class:`csmil.bags.PatientBags` with every model on ``n_bags`` bags.
+    """Score one :class:`csmil.mil.bags.PatientBags` with every model on ``n_bags`` bags.
 
     Returns the per-model mean probabilities (M,) and the attention table (``attention_table``
     columns) averaged over every bag of every model, weighted by the bags a patch was in.
     """
-    from csmil.bags import PatientBagSource
-    from csmil.train import attention_table, predict_bags
+    from csmil.mil.bags import PatientBagSource
+    from csmil.mil.training import attention_table, predict_bags
 
     source = PatientBagSource([patient], n_clusters=n_clusters, bag_mode=bag_mode, device=device)
     probs, tables = [], []
@@ -112,12 +113,12 @@ def predict_slides(
     """Predict every slide of ``slide_paths`` with the fold models ``model_paths`` and the
     run's per-scale ``encoder_paths``; write the outputs listed in the module docstring.
     Returns the predictions table."""
-    from csmil.attention_maps import render_slide
-    from csmil.bags import load_patient
-    from csmil.cluster import cluster_patient
-    from csmil.embed import embed_slide
-    from csmil.simsiam import load_encoder
-    from csmil.tiling import tile_slide
+    from csmil.encoders.embedding import embed_slide
+    from csmil.encoders.simsiam import load_encoder
+    from csmil.mil.bags import load_patient
+    from csmil.mil.phenotypes import cluster_patient
+    from csmil.reporting.attention_maps import render_slide
+    from csmil.slides.tiling import tile_slide
 
     if n_bags < 1:
         raise ValueError(f"n_bags must be >= 1; received {n_bags}")

@@ -1,0 +1,4 @@
+"""Evaluation: metrics over out-of-fold predictions, DeLong and bootstrap tests, comparisons.
+
+Rule file ``rules/evaluation.smk``.
+"""
