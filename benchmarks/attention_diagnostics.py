@@ -27,7 +27,8 @@ import pandas as pd
 
 from csmil import SCALES
 from csmil.encoders.featurestore import read_features
-from csmil.reporting.attention_maps import load_attention, patch_geometry, tile_mask_fraction
+from csmil.mil.results import load_attention
+from csmil.reporting.attention_maps import patch_geometry, tile_mask_fraction
 from csmil.slides.patchstore import open_patch_store
 from csmil.toy.generator import read_toy_mask
 

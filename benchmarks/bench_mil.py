@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from csmil.io import read_tsv
 from csmil.mil.bags import load_patients
-from csmil.mil.training import train_fold
+from csmil.mil.results import read_history
+from csmil.mil.splits import read_splits
+from csmil.mil.training import TrainSettings, train_fold
 from csmil.runtime import set_threads, setup_logging
 
 METHODS = {
@@ -48,10 +49,11 @@ def main() -> None:
     setup_logging(level=logging.WARNING)
     set_threads(args.threads)
     root = Path(args.results) / args.dataset
-    splits = read_tsv(root / "splits.tsv", dtype={"patient_id": str})
+    splits = read_splits(root / "splits.tsv")
     phen = {p: root / "phenotypes" / f"{p}.tsv" for p in splits["patient_id"]}
     feats = {p: sorted((root / "features").glob(f"{p}_s*.h5")) for p in splits["patient_id"]}
     patients = load_patients(splits, feats, phen)
+    settings = TrainSettings(epochs=args.epochs, n_test_bags=10)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method, options in METHODS.items():
@@ -61,13 +63,12 @@ def main() -> None:
                 0,
                 method,
                 options,
+                settings=settings,
                 out_dir=Path(tmp) / method,
                 n_folds=args.n_folds,
-                epochs=args.epochs,
-                n_test_bags=10,
                 num_threads=args.threads,
             )
-            hist = read_tsv(Path(tmp) / method / "history.tsv")
+            hist = read_history(Path(tmp) / method / "history.tsv")
             rows.append(
                 {
                     "method": method,

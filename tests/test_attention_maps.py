@@ -4,13 +4,13 @@ import pytest
 
 from csmil import SCALES
 from csmil.io import write_tsv
+from csmil.mil.results import load_attention
 from csmil.reporting.attention_maps import (
     PatchGeometry,
     attention_canvas,
     attention_localisation,
     default_footprints,
     footprint_boxes,
-    load_attention,
     localisation_auroc,
     paint,
     render_dataset_maps,

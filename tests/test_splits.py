@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csmil.mil.splits import assign_folds, fold_roles, ledger_path, update_splits
+from csmil.mil.splits import assign_folds, fold_partition, ledger_path, update_splits
 
 
 def cohort(n_pos, n_neg, start=0):
@@ -53,19 +53,31 @@ def test_label_change_is_an_error(tmp_path):
         update_splits(flipped, out, n_folds=3, seed=0)
 
 
-def test_fold_roles_partition_patients():
+def test_fold_partition_partitions_patients():
     df = assign_folds(cohort(10, 10), n_folds=5, seed=0)
     for f in range(5):
-        roles = fold_roles(df, f, n_folds=5)
-        all_ids = roles["train"] + roles["val"] + roles["test"]
+        train, val, test = fold_partition(df, f, n_folds=5)
+        all_ids = train + val + test
         assert sorted(all_ids) == sorted(df["patient_id"])
-        assert set(roles["test"]) == set(df.loc[df["fold"] == f, "patient_id"])
-        assert set(roles["val"]) == set(df.loc[df["fold"] == (f + 1) % 5, "patient_id"])
+        assert set(test) == set(df.loc[df["fold"] == f, "patient_id"])
+        assert set(val) == set(df.loc[df["fold"] == (f + 1) % 5, "patient_id"])
     with pytest.raises(ValueError, match="fold must be"):
-        fold_roles(df, 5, n_folds=5)
+        fold_partition(df, 5, n_folds=5)
 
 
 def test_every_fold_used_once_across_test_sets():
     df = assign_folds(cohort(7, 9), n_folds=4, seed=2)
-    tests = np.concatenate([fold_roles(df, f, 4)["test"] for f in range(4)])
+    tests = np.concatenate([fold_partition(df, f, 4)[2] for f in range(4)])
     assert sorted(tests) == sorted(df["patient_id"])
+
+
+def test_fold_partition_convention():
+    splits = pd.DataFrame(
+        {"patient_id": list("abcdef"), "label": [0, 1] * 3, "fold": [0, 1, 2, 3, 3, 0]}
+    )
+    assert fold_partition(splits, 3) == (["b", "c"], ["a", "f"], ["d", "e"])
+    assert fold_partition(splits, 0) == (["c", "d", "e"], ["b"], ["a", "f"])
+    with pytest.raises(ValueError, match="K >= 3"):
+        fold_partition(splits.assign(fold=[0, 1] * 3), 0)
+    with pytest.raises(ValueError, match="fold must be in"):
+        fold_partition(splits, 4)

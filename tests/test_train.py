@@ -15,17 +15,11 @@ import csmil.mil.training as train_mod
 from csmil import SCALES
 from csmil.io import read_tsv
 from csmil.mil.bags import EmptyPatientError, PatientBags, PatientBagSource
+from csmil.mil.inference import attention_table
 from csmil.mil.models import MIL_MODELS, MILOutput, load_mil_checkpoint, model_options
-from csmil.mil.training import (
-    ATTENTION_COLUMNS,
-    HISTORY_COLUMNS,
-    PREDICTION_COLUMNS,
-    attention_table,
-    bag_nll,
-    fold_partition,
-    model_loss,
-    train_fold,
-)
+from csmil.mil.results import ATTENTION_COLUMNS, HISTORY_COLUMNS, PREDICTION_COLUMNS
+from csmil.mil.splits import fold_partition
+from csmil.mil.training import TrainSettings, bag_nll, model_loss, train_fold
 
 DIM = 16
 
@@ -71,9 +65,8 @@ def test_learns_a_separable_problem_and_writes_documented_outputs(tmp_path, meth
         splits,
         0,
         method,
+        settings=TrainSettings(epochs=40, n_test_bags=20),
         out_dir=tmp_path,
-        epochs=40,
-        n_test_bags=20,
         seed=3,
         num_threads=1,
         device="cpu",
@@ -121,7 +114,8 @@ def test_learns_a_separable_problem_and_writes_documented_outputs(tmp_path, meth
 def test_every_registered_model_trains_and_scores(tmp_path, name):
     patients, splits = make_cohort(n_patients=12)
     method = f"{name}_10x" if "scale" in model_options(name) else name
-    summary = train_fold(patients, splits, 2, method, out_dir=tmp_path, epochs=2, n_test_bags=3)
+    settings = TrainSettings(epochs=2, n_test_bags=3)
+    summary = train_fold(patients, splits, 2, method, settings=settings, out_dir=tmp_path)
     preds = read_tsv(tmp_path / "predictions.tsv")
     assert summary["model"] == name and len(preds) == (splits["fold"] == 2).sum()
     assert preds["prob"].between(0, 1).all() and preds["prob"].notna().all()
@@ -147,9 +141,8 @@ def test_each_epoch_draws_one_bag_per_training_patient_and_steps_per_group(tmp_p
 
     monkeypatch.setattr(PatientBagSource, "collate", spy)
     monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
-    train_fold(
-        patients, splits, 0, "csmil", out_dir=tmp_path, epochs=3, accumulate=3, n_test_bags=2
-    )
+    settings = TrainSettings(epochs=3, accumulate=3, n_test_bags=2)
+    train_fold(patients, splits, 0, "csmil", settings=settings, out_dir=tmp_path)
     assert [len(c) for c in calls] == [3, 3, 2] * 3
     assert steps == list(range(1, 10))  # one optimiser step per group, the last one partial
     epochs = [sum(calls[i : i + 3], []) for i in range(0, 9, 3)]
@@ -167,7 +160,8 @@ def test_keeps_the_weights_of_the_lowest_validation_loss_later_ties_win(tmp_path
         return next(losses)
 
     monkeypatch.setattr(train_mod, "_epoch_val_loss", fake_val_loss)
-    train_fold(patients, splits, 1, "csmil", out_dir=tmp_path, epochs=5, n_test_bags=2, seed=0)
+    settings = TrainSettings(epochs=5, n_test_bags=2)
+    train_fold(patients, splits, 1, "csmil", settings=settings, out_dir=tmp_path, seed=0)
     hist = read_tsv(tmp_path / "history.tsv")
     assert hist["best"].tolist() == [False, False, False, True, False]
     model, _ = load_mil_checkpoint(tmp_path / "model.pt")
@@ -180,7 +174,7 @@ def test_keeps_the_weights_of_the_lowest_validation_loss_later_ties_win(tmp_path
 def test_same_seed_same_results_and_no_validation_fallback(tmp_path, caplog):
     patients, splits = make_cohort(n_patients=12)
     splits.loc[splits["fold"] == 1, "fold"] = 0  # fold 1 empty: fold 0 has no validation
-    kw = {"epochs": 3, "n_test_bags": 4, "seed": 5, "n_folds": 4}
+    kw = {"settings": TrainSettings(epochs=3, n_test_bags=4), "seed": 5, "n_folds": 4}
     with caplog.at_level(logging.WARNING):
         train_fold(patients, splits, 0, "csmil", out_dir=tmp_path / "a", **kw)
     assert "no validation patients" in caplog.text
@@ -200,20 +194,8 @@ def test_same_seed_same_results_and_no_validation_fallback(tmp_path, caplog):
 def test_empty_patient_is_refused_before_training(tmp_path):
     patients, splits = make_cohort(n_patients=12, empty=("P04",))
     with pytest.raises(EmptyPatientError, match="P04.*P04_a \\(0 patches\\)"):
-        train_fold(patients, splits, 0, "csmil", out_dir=tmp_path, epochs=1)
+        train_fold(patients, splits, 0, "csmil", settings=TrainSettings(epochs=1), out_dir=tmp_path)
     assert not (tmp_path / "model.pt").exists()
-
-
-def test_fold_partition_convention():
-    splits = pd.DataFrame(
-        {"patient_id": list("abcdef"), "label": [0, 1] * 3, "fold": [0, 1, 2, 3, 3, 0]}
-    )
-    assert fold_partition(splits, 3) == (["b", "c"], ["a", "f"], ["d", "e"])
-    assert fold_partition(splits, 0) == (["c", "d", "e"], ["b"], ["a", "f"])
-    with pytest.raises(ValueError, match="K >= 3"):
-        fold_partition(splits.assign(fold=[0, 1] * 3), 0)
-    with pytest.raises(ValueError, match="fold must be in"):
-        fold_partition(splits, 4)
 
 
 def test_loss_clamps_and_adds_auxiliary_probabilities():
@@ -285,16 +267,16 @@ def test_standardise_stores_the_training_patients_statistics(tmp_path):
     for p in patients:  # a large shared offset, as short-trained encoders give
         for s in SCALES:
             p.features[s] += 50.0
-    train_fold(patients, splits, 1, "csmil", out_dir=tmp_path, epochs=2, n_test_bags=2,
-               standardise=True, num_threads=1)  # fmt: skip
+    settings = TrainSettings(epochs=2, n_test_bags=2, standardise=True)
+    train_fold(patients, splits, 1, "csmil", settings=settings, out_dir=tmp_path, num_threads=1)
     model, meta = load_mil_checkpoint(tmp_path / "model.pt")
     train_ids = set(meta["config"]["train_patients"])
     mean, std = train_mod.feature_statistics([p for p in patients if p.patient_id in train_ids])
     np.testing.assert_allclose(model.feature_mean.numpy(), mean, rtol=1e-6)
     np.testing.assert_allclose(model.feature_std.numpy(), std, rtol=1e-6)
     assert meta["config"]["standardise"] is True
-    train_fold(patients, splits, 1, "csmil", out_dir=tmp_path, epochs=1, n_test_bags=2,
-               num_threads=1)  # fmt: skip
+    settings = TrainSettings(epochs=1, n_test_bags=2)
+    train_fold(patients, splits, 1, "csmil", settings=settings, out_dir=tmp_path, num_threads=1)
     model, meta = load_mil_checkpoint(tmp_path / "model.pt")
     assert (model.feature_mean == 0).all() and (model.feature_std == 1).all()
     assert meta["config"]["standardise"] is False

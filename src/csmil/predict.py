@@ -73,11 +73,13 @@ def score_patient(
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Score one :class:`csmil.mil.bags.PatientBags` with every model on ``n_bags`` bags.
 
-    Returns the per-model mean probabilities (M,) and the attention table (``attention_table``
-    columns) averaged over every bag of every model, weighted by the bags a patch was in.
+    Returns the per-model mean probabilities (M,) and the attention table
+    (:data:`csmil.mil.results.ATTENTION_COLUMNS`) averaged over every bag of every model,
+    weighted by the bags a patch was in.
     """
     from csmil.mil.bags import PatientBagSource
-    from csmil.mil.training import attention_table, predict_bags
+    from csmil.mil.inference import attention_table, predict_bags
+    from csmil.mil.results import ATTENTION_VALUES
 
     source = PatientBagSource([patient], n_clusters=n_clusters, bag_mode=bag_mode, device=device)
     probs, tables = [], []
@@ -87,7 +89,7 @@ def score_patient(
         probs.append(float(p.mean()))
         tables.append(attention_table(source, index, att))
     both = pd.concat(tables, ignore_index=True)
-    values = [c for c in ("instance", *(f"scale_{s}" for s in SCALES)) if c in both.columns]
+    values = [c for c in ATTENTION_VALUES if c in both.columns]
     keys = ["patient_id", "slide_id", "patch_index"]
     weighted = both[values].mul(both["n_bags"], axis=0).assign(n_bags=both["n_bags"])
     summed = weighted.groupby([both[k] for k in keys]).sum(min_count=1)
@@ -117,6 +119,7 @@ def predict_slides(
     from csmil.encoders.simsiam import load_encoder
     from csmil.mil.bags import load_patient
     from csmil.mil.phenotypes import cluster_patient
+    from csmil.mil.results import write_attention
     from csmil.reporting.attention_maps import render_slide
     from csmil.slides.tiling import tile_slide
 
@@ -163,7 +166,7 @@ def predict_slides(
         row |= {"prob": prob, "prob_sd": float(probs.std()), "predicted_label": int(prob > 0.5)}
         row |= {f"prob_fold{k}": float(p) for k, p in enumerate(probs)}
         rows.append(row)
-        write_tsv(attention, out / "attention" / f"{sid}.tsv")
+        write_attention(attention, out / "attention" / f"{sid}.tsv")
         if maps:
             render_slide(slide, attention, patches, out / "maps" / f"{sid}.png",
                          title=f"{sid}  (p = {prob:.3f}, {len(models)} models)")  # fmt: skip

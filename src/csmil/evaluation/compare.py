@@ -14,6 +14,9 @@ The method's own AUC, its DeLong interval and its AP are computed on all patient
 they equal the method's ``metrics.tsv``. Differences are ``method - reference``. A shared set
 with a single class (or fewer than two patients) has no defined test: its p-values are NaN and
 a warning says why. The reference's own row carries NaN p-values.
+
+This module owns ``compare.tsv`` (:data:`COMPARE_COLUMNS`; :func:`write_comparison`,
+:func:`read_comparison`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from sklearn.metrics import average_precision_score
 
 from csmil.evaluation.metrics import pool_predictions
 from csmil.evaluation.stats import auc_ci, bootstrap_test, delong_test, delong_variance
-from csmil.io import write_tsv
+from csmil.io import read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +220,21 @@ def compare_dataset(
     with :func:`compare_methods` and write the table to ``out_tsv``. Returns it."""
     pooled = {m: pool_predictions(paths, n_folds) for m, paths in prediction_paths.items()}
     df = compare_methods(pooled, reference, n_boot=n_boot, seed=seed, level=level)
-    write_tsv(df, out_tsv)
+    write_comparison(df, out_tsv)
     return df
+
+
+def write_comparison(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a comparison table (:data:`COMPARE_COLUMNS`, from :func:`compare_methods`)."""
+    missing = [c for c in COMPARE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"comparison table lacks columns {missing}; build it with compare_methods")
+    write_tsv(df, path)
 
 
 def read_comparison(path: str | os.PathLike) -> pd.DataFrame:
     """A table written by :func:`compare_dataset`, checked for its columns."""
-    df = pd.read_csv(path, sep="\t", dtype={"method": str, "reference": str})
+    df = read_tsv(path, dtype={"method": str, "reference": str})
     missing = [c for c in COMPARE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; re-run the compare step")

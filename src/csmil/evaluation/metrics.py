@@ -1,7 +1,7 @@
 """Metrics of one method over its pooled out-of-fold test predictions.
 
-Each fold's ``predictions.tsv`` (from :func:`csmil.mil.training.train_fold`) scores that fold's test
-patients; pooled, every patient of the cohort is scored exactly once by a model that never saw
+Each fold's ``predictions.tsv`` (:mod:`csmil.mil.results`, written by training) scores that fold's
+test patients; pooled, every patient of the cohort is scored exactly once by a model that never saw
 it. On the pooled predictions we compute, with scikit-learn as in the authors' evaluation
 scripts (reference notes §4): ROC AUC, average precision (AP) and accuracy at a threshold of
 0.5 (``prob > 0.5`` is positive, as ``preds > 0.5`` there), plus the ROC and precision-recall
@@ -10,24 +10,55 @@ curve points.
 When the pooled labels hold a single class, AUC and AP are undefined: they are written as NaN
 (tables print ``n/a``) with a logged warning, and no curve points are written; accuracy is
 still computed.
+
+This module owns the two tables it writes: ``metrics.tsv`` (one row, :data:`METRIC_COLUMNS`;
+:func:`write_metrics`, :func:`read_metrics`) and the curve points (:data:`CURVE_COLUMNS`;
+:func:`write_curves`, :func:`read_curves`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from csmil.io import read_tsv, write_tsv
+from csmil.mil.results import read_predictions
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS: tuple[str, ...] = ("patient_id", "label", "fold", "prob")
 METRIC_COLUMNS: tuple[str, ...] = ("n", "n_pos", "n_folds", "auc", "ap", "accuracy")
 CURVE_COLUMNS: tuple[str, ...] = ("curve", "x", "y", "threshold")
+
+
+def write_metrics(metrics: Mapping[str, float], path: str | os.PathLike) -> None:
+    """Write one method's metrics as the one-row table of :data:`METRIC_COLUMNS`."""
+    write_tsv(pd.DataFrame([metrics], columns=list(METRIC_COLUMNS)), path)
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, float]:
+    """The single row of a method's metrics TSV as a dict (``auc``, ``ap``, ...)."""
+    df = read_tsv(path)
+    if len(df) != 1:
+        raise ValueError(f"{path}: expected one row of metrics, found {len(df)}")
+    return df.iloc[0].to_dict()
+
+
+def write_curves(points: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ROC and PR curve points (:data:`CURVE_COLUMNS`, from :func:`curve_points`)."""
+    write_tsv(points, path)
+
+
+def read_curves(path: str | os.PathLike) -> pd.DataFrame:
+    """Curve points written by :func:`write_curves` (no rows for a single-class set)."""
+    df = read_tsv(path)
+    missing = [c for c in CURVE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected {list(CURVE_COLUMNS)}")
+    return df
 
 
 def pool_predictions(
@@ -44,10 +75,7 @@ def pool_predictions(
         raise ValueError("no prediction files were given")
     frames, empty, fold_of = [], [], {}
     for path in prediction_paths:
-        df = read_tsv(path, dtype={"patient_id": str})
-        missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
-        if missing:
-            raise ValueError(f"{path}: missing columns {missing}; is it a predictions.tsv?")
+        df = read_predictions(path)
         if df.empty:
             empty.append(str(path))
             continue
@@ -153,9 +181,9 @@ def evaluate_method(
     pooled = pool_predictions(prediction_paths, n_folds)
     metrics = binary_metrics(pooled["label"].to_numpy(), pooled["prob"].to_numpy())
     metrics["n_folds"] = int(pooled["fold"].nunique())
-    write_tsv(pd.DataFrame([metrics], columns=list(METRIC_COLUMNS)), out_metrics_tsv)
+    write_metrics(metrics, out_metrics_tsv)
     if out_curves_tsv is not None:
-        write_tsv(
+        write_curves(
             curve_points(pooled["label"].to_numpy(), pooled["prob"].to_numpy()), out_curves_tsv
         )
     log.info(

@@ -32,14 +32,12 @@ import torch
 
 from csmil import SCALES
 from csmil.encoders.featurestore import read_features
-from csmil.io import read_tsv
 from csmil.mil.models import MILBatch
-from csmil.mil.phenotypes import CLUSTER_COLUMNS
+from csmil.mil.phenotypes import CLUSTER_COLUMNS, read_phenotypes
 
 log = logging.getLogger(__name__)
 
 BAG_MODES: tuple[str, ...] = ("cluster", "naive")
-PHENOTYPE_COLUMNS: tuple[str, ...] = ("slide_id", "patch_index", "cluster")
 
 
 class EmptyPatientError(ValueError):
@@ -134,18 +132,13 @@ def load_patient(
 ) -> PatientBags:
     """Load one patient: its slides' feature stores plus its phenotype table.
 
-    ``phenotype_tsv`` has columns ``slide_id, patch_index, cluster`` with one row per patch of
+    ``phenotype_tsv`` (:func:`csmil.mil.phenotypes.read_phenotypes`) has one row per patch of
     every slide. A patient whose slides have no patches loads as an empty :class:`PatientBags`
     (N = 0); training and testing refuse it with :class:`EmptyPatientError`.
     """
     if int(label) not in (0, 1):
         raise ValueError(f"patient {patient_id!r}: label must be 0 or 1, got {label!r}")
-    table = read_tsv(phenotype_tsv, dtype={"slide_id": str})
-    missing_cols = [c for c in PHENOTYPE_COLUMNS if c not in table.columns]
-    if missing_cols:
-        raise ValueError(
-            f"{phenotype_tsv}: missing columns {missing_cols}; expected {list(PHENOTYPE_COLUMNS)}"
-        )
+    table = read_phenotypes(phenotype_tsv)
     feats: dict[str, list[np.ndarray]] = {s: [] for s in scales}
     columns = {name: col for name, col in CLUSTER_COLUMNS.items() if col in table.columns}
     clusters: dict[str, list[np.ndarray]] = {name: [] for name in columns}

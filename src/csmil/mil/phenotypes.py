@@ -6,6 +6,9 @@ scale and the scales-as-instances baseline on all scales together, so the table 
 clustering per choice. Output TSV columns: ``slide_id, patch_index, cluster`` (20x, the
 default), ``cluster_10x``, ``cluster_5x`` and ``cluster_all`` (the three scales' features
 concatenated, each scale standardised first so that none dominates).
+
+This module owns the phenotype TSV: :data:`PHENOTYPE_COLUMNS` (required) and
+:data:`CLUSTER_COLUMNS`, written by :func:`cluster_patient` and read by :func:`read_phenotypes`.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import pandas as pd
 
 from csmil import SCALES
 from csmil.encoders.featurestore import read_features
-from csmil.io import write_tsv
+from csmil.io import read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
 
+#: Columns every phenotype table has (the 20x clustering is ``cluster``).
+PHENOTYPE_COLUMNS: tuple[str, ...] = ("slide_id", "patch_index", "cluster")
 #: Clustering name -> phenotype table column.
 CLUSTER_COLUMNS: dict[str, str] = {
     "20x": "cluster",
@@ -30,6 +35,16 @@ CLUSTER_COLUMNS: dict[str, str] = {
     "5x": "cluster_5x",
     "all": "cluster_all",
 }
+
+
+def read_phenotypes(path: str | os.PathLike) -> pd.DataFrame:
+    """A phenotype table: one row per patch, ``slide_id`` (str), ``patch_index`` and the cluster
+    columns of :data:`CLUSTER_COLUMNS` it holds (``cluster`` at least)."""
+    table = read_tsv(path, dtype={"slide_id": str})
+    missing = [c for c in PHENOTYPE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected {list(PHENOTYPE_COLUMNS)}")
+    return table
 
 
 def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:

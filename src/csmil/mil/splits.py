@@ -6,8 +6,10 @@ already assigned keeps their fold (read from a ledger beside ``splits.tsv``, whi
 never deletes), and each new patient goes to the fold with the fewest patients of its label
 (ties broken by the fewest patients overall, then by seeded order).
 
-Convention used by training: for fold ``f``, test = fold ``f``, validation = fold
-``(f + 1) % K``, training = the rest.
+This module owns ``splits.tsv`` and its ledger (columns :data:`SPLITS_COLUMNS`: ``patient_id,
+label, fold``; :func:`read_splits`, :func:`update_splits` writes both) and the roles of a fold
+(:func:`fold_partition`): for fold ``f``, test = fold ``f``, validation = fold ``(f + 1) % K``,
+training = the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ import pandas as pd
 from csmil.io import read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
-COLUMNS = ["patient_id", "label", "fold"]
+SPLITS_COLUMNS: tuple[str, ...] = ("patient_id", "label", "fold")
+
+
+def read_splits(path: str | os.PathLike) -> pd.DataFrame:
+    """A splits table (``splits.tsv`` or its ledger): ``patient_id`` (str), ``label``, ``fold``."""
+    df = read_tsv(path, dtype={"patient_id": str})
+    missing = [c for c in SPLITS_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected {list(SPLITS_COLUMNS)}")
+    return df
 
 
 def ledger_path(splits_tsv: str | os.PathLike) -> Path:
@@ -85,7 +96,7 @@ def assign_folds(
             counts[label, f] += 1
     out = patients.copy()
     out["fold"] = [fold[p] for p in out["patient_id"]]
-    return out[COLUMNS]
+    return out[list(SPLITS_COLUMNS)]
 
 
 def update_splits(
@@ -97,7 +108,7 @@ def update_splits(
     since removed from the sample sheet, so a patient that returns gets its old fold back.
     """
     ledger = ledger_path(splits_tsv)
-    previous = read_tsv(ledger, dtype={"patient_id": str}) if ledger.exists() else None
+    previous = read_splits(ledger) if ledger.exists() else None
     patients = samples[["patient_id", "label"]].drop_duplicates()
     out = assign_folds(patients, n_folds, seed, previous)
     kept = 0 if previous is None else int(out["patient_id"].isin(previous["patient_id"]).sum())
@@ -114,14 +125,25 @@ def update_splits(
     return out
 
 
-def fold_roles(splits: pd.DataFrame, fold: int, n_folds: int | None = None) -> dict[str, list[str]]:
-    """Patient ids of the ``train``, ``val`` and ``test`` sets of one fold."""
-    k = n_folds if n_folds is not None else (int(splits["fold"].max()) + 1 if len(splits) else 0)
-    if not 0 <= fold < k:
-        raise ValueError(f"fold must be in [0, {k}), got {fold}")
-    val = (fold + 1) % k
-    return {
-        "test": splits.loc[splits["fold"] == fold, "patient_id"].tolist(),
-        "val": splits.loc[splits["fold"] == val, "patient_id"].tolist(),
-        "train": splits.loc[~splits["fold"].isin([fold, val]), "patient_id"].tolist(),
-    }
+def fold_partition(
+    splits: pd.DataFrame, fold: int, n_folds: int | None = None
+) -> tuple[list[str], list[str], list[str]]:
+    """Patient ids (train, validation, test) of ``fold``, each in the splits' row order:
+    test = fold ``fold``, validation = fold ``(fold + 1) % K``, train = the rest.
+
+    ``K`` defaults to ``max(fold) + 1`` and must be >= 3; every patient may appear once.
+    """
+    missing = [c for c in SPLITS_COLUMNS if c not in splits.columns]
+    if missing:
+        raise ValueError(f"splits table lacks columns {missing}; expected patient_id, label, fold")
+    ids = splits["patient_id"].astype(str)
+    if ids.duplicated().any():
+        raise ValueError(f"splits table lists patients twice: {ids[ids.duplicated()].tolist()[:5]}")
+    folds = splits["fold"].astype(int)
+    k = int(folds.max()) + 1 if n_folds is None else int(n_folds)
+    if k < 3:
+        raise ValueError(f"training needs K >= 3 folds (test, validation, train); got K = {k}")
+    if not 0 <= fold < k or folds.min() < 0 or folds.max() >= k:
+        raise ValueError(f"fold must be in [0, {k}) and so must the splits' folds; got {fold}")
+    test, val = folds == fold, folds == (fold + 1) % k
+    return ids[~test & ~val].tolist(), ids[val].tolist(), ids[test].tolist()

@@ -1,10 +1,11 @@
 """Train one MIL model on one cross-validation fold, select it, test it, export its attention.
 
-Folds (``splits.tsv``, columns ``patient_id, label, fold``, folds ``0 .. K-1``): for fold ``f``
-the **test** patients are those of fold ``f``, the **validation** patients those of fold
-``(f + 1) % K`` and the **training** patients all others (so K >= 3).
+Folds (``splits.tsv``): for fold ``f`` the **test** patients are those of fold ``f``, the
+**validation** patients those of fold ``(f + 1) % K`` and the **training** patients all others
+(so K >= 3); see :func:`csmil.mil.splits.fold_partition`.
 
-Training follows the authors' released code (reference notes §3.2, defaults here):
+Training follows the authors' released code (reference notes §3.2, defaults of
+:class:`TrainSettings`):
 
 * Adam (L2 weight decay, not AdamW), lr 5e-4, weight decay 1e-4, 100 epochs, no scheduler.
 * Each epoch, one fresh bag per training patient (see :mod:`csmil.mil.bags`), patients in a
@@ -21,10 +22,10 @@ Training follows the authors' released code (reference notes §3.2, defaults her
   are kept (``<=``: a later tie wins). A fold without validation patients (a tiny cohort)
   selects on the epoch's training loss instead, with a warning.
 
-Testing (§3.3): ``n_test_bags`` random bags per test patient; the patient's probability is the
-mean over bags (median and max are written too). Attention (§5): every attention tensor of each
-bag is averaged, per sampled patch, over the bags the patch appeared in (a patch drawn twice in
-one bag counts once for that bag).
+Testing (§3.3, :mod:`csmil.mil.inference`): ``n_test_bags`` random bags per test patient; the
+patient's probability is the mean over bags (median and max are written too), and every
+attention of each bag is averaged per sampled patch over the bags the patch appeared in. The
+tables written are those of :mod:`csmil.mil.results`.
 
 Feature standardisation (``standardise=True``; not in the released code): every input feature
 is shifted and scaled by the mean and standard deviation over all patches of the fold's
@@ -35,6 +36,10 @@ first linear layer see those differences at the learning rate the released code 
 
 A patient without patches cannot be trained on or scored: :class:`csmil.mil.bags.EmptyPatientError`
 names it and its slides before training starts.
+
+:func:`train_fold` runs the steps in order: :func:`fold_patients` (who is in which role),
+:func:`build_model`, :func:`fit` (the training loop and model selection) and
+:func:`score_test_patients` (the test tables), then writes the outputs.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +57,30 @@ import pandas as pd
 import torch
 
 from csmil import SCALES
-from csmil.io import read_tsv, write_tsv
-from csmil.mil.bags import PatientBags, PatientBagSource
+from csmil.mil.bags import BAG_MODES, PatientBags, PatientBagSource
+from csmil.mil.inference import attention_table, predict_bags
 from csmil.mil.models import (
+    MILModel,
     MILOutput,
     count_parameters,
     create_mil_model,
     resolve_method,
     save_mil_checkpoint,
 )
+from csmil.mil.results import (
+    ATTENTION_COLUMNS,
+    HISTORY_COLUMNS,
+    PREDICTION_COLUMNS,
+    write_attention,
+    write_history,
+    write_predictions,
+)
+from csmil.mil.splits import fold_partition, read_splits
 from csmil.runtime import progress, seed_everything, select_device, set_threads
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-5
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "seconds", "best")
-PREDICTION_COLUMNS = ("patient_id", "label", "fold", "prob", "prob_median", "prob_max", "n_patches")
-ATTENTION_COLUMNS = ("patient_id", "slide_id", "patch_index", "n_bags", "instance") + tuple(
-    f"scale_{s}" for s in SCALES
-)
 OUTPUT_NAMES = {
     "model": "model.pt",
     "history": "history.tsv",
@@ -78,25 +89,42 @@ OUTPUT_NAMES = {
 }
 
 
-def fold_partition(
-    splits: pd.DataFrame, fold: int, n_folds: int | None = None
-) -> tuple[list[str], list[str], list[str]]:
-    """Patient ids (train, validation, test) of ``fold``: test = fold ``fold``, validation =
-    fold ``(fold + 1) % K``, train = the rest. ``K`` defaults to ``max(fold) + 1``."""
-    missing = [c for c in ("patient_id", "label", "fold") if c not in splits.columns]
-    if missing:
-        raise ValueError(f"splits table lacks columns {missing}; expected patient_id, label, fold")
-    ids = splits["patient_id"].astype(str)
-    if ids.duplicated().any():
-        raise ValueError(f"splits table lists patients twice: {ids[ids.duplicated()].tolist()[:5]}")
-    folds = splits["fold"].astype(int)
-    k = int(folds.max()) + 1 if n_folds is None else int(n_folds)
-    if k < 3:
-        raise ValueError(f"training needs K >= 3 folds (test, validation, train); got K = {k}")
-    if not 0 <= fold < k or folds.min() < 0 or folds.max() >= k:
-        raise ValueError(f"fold must be in [0, {k}) and so must the splits' folds; got {fold}")
-    test, val = folds == fold, folds == (fold + 1) % k
-    return ids[~test & ~val].tolist(), ids[val].tolist(), ids[test].tolist()
+@dataclass(frozen=True)
+class TrainSettings:
+    """Settings of :func:`train_fold`; defaults are the authors' released code (§3.2, §3.3).
+
+    Attributes:
+        epochs: training epochs (>= 1); the weights of the selected epoch are kept.
+        lr: Adam learning rate.
+        weight_decay: Adam L2 weight decay.
+        accumulate: bags whose losses are summed per optimiser step (>= 1).
+        n_test_bags: random bags scored per test patient (>= 1).
+        n_clusters: phenotype clusters per patient (the clustering step's k).
+        bag_mode: how bags are drawn, one of :data:`csmil.mil.bags.BAG_MODES`.
+        standardise: standardise input features by the training patients' statistics.
+        eval_batch_bags: bags per forward pass in validation and testing (>= 1).
+    """
+
+    epochs: int = 100
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    accumulate: int = 4
+    n_test_bags: int = 100
+    n_clusters: int = 8
+    bag_mode: str = "cluster"
+    standardise: bool = False
+    eval_batch_bags: int = 50
+
+    def __post_init__(self) -> None:
+        if self.accumulate < 1 or self.epochs < 1 or self.n_test_bags < 1:
+            raise ValueError(
+                f"accumulate, epochs and n_test_bags must be >= 1; got {self.accumulate}, "
+                f"{self.epochs}, {self.n_test_bags}"
+            )
+        if self.eval_batch_bags < 1:
+            raise ValueError(f"eval_batch_bags must be >= 1, got {self.eval_batch_bags}")
+        if self.bag_mode not in BAG_MODES:
+            raise ValueError(f"bag_mode must be one of {list(BAG_MODES)}, got {self.bag_mode!r}")
 
 
 def bag_nll(prob: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -126,81 +154,6 @@ def _epoch_val_loss(model, source, which, rng, batch_bags) -> float:
             losses.append(bag_nll(out.prob, labels[g : g + batch_bags]))
     model.train()
     return float(torch.cat(losses).mean())
-
-
-def predict_bags(
-    model: torch.nn.Module,
-    source: PatientBagSource,
-    which: Sequence[int] | np.ndarray,
-    n_bags: int,
-    rng: np.random.Generator,
-    batch_bags: int = 50,
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Score ``n_bags`` random bags of each patient position in ``which`` (P,), eval mode.
-
-    Returns probabilities (P, n_bags), the sampled global instance indices (P * n_bags, N; -1 =
-    padding) and each attention tensor the model returns, padded to the same (P * n_bags, N, ...).
-    """
-    model.eval()
-    which = np.repeat(np.asarray(which, dtype=np.int64), n_bags)
-    index = source.sample(which, rng)
-    probs, att, skipped = [], {}, set()
-    with torch.no_grad():
-        for g in range(0, len(which), batch_bags):
-            chunk = index[g : g + batch_bags]
-            batch = source.collate(chunk)
-            out = model(batch)
-            probs.append(out.prob.float().cpu().numpy())
-            for name, a in out.attention.items():
-                if tuple(a.shape[:2]) != tuple(batch.mask.shape):
-                    skipped.add(name)  # not one value per instance: not exported
-                    continue
-                full = np.zeros((len(chunk), index.shape[1], *a.shape[2:]), np.float32)
-                full[:, : a.shape[1]] = a.float().cpu().numpy()
-                att.setdefault(name, []).append(full)
-    if skipped:
-        log.debug("attention %s is not per instance and is not exported", sorted(skipped))
-    att = {k: np.concatenate(v) for k, v in att.items() if k not in skipped}
-    return np.concatenate(probs).reshape(-1, n_bags), index, att
-
-
-def attention_table(
-    source: PatientBagSource, index: np.ndarray, attention: Mapping[str, np.ndarray]
-) -> pd.DataFrame:
-    """Per sampled patch, each attention averaged over the bags it appeared in.
-
-    ``index`` (B, N) are global instance indices (-1 = padding); ``attention["instance"]`` is
-    (B, N) and ``attention["scale"]`` (B, N, S) in ``SCALES`` order when present. Columns:
-    ``patient_id, slide_id, patch_index, n_bags, instance, scale_20x, scale_10x, scale_5x``
-    (NaN where the model has no such attention), sorted by patient, slide and patch.
-    """
-    bag, pos = np.nonzero(index >= 0)
-    gid = index[bag, pos]
-    _, first = np.unique(bag * (source.n_total + 1) + gid, return_index=True)  # once per bag
-    bag, pos, gid = bag[first], pos[first], gid[first]
-    patches, inverse, n_bags = np.unique(gid, return_inverse=True, return_counts=True)
-
-    def mean_of(values: np.ndarray) -> np.ndarray:
-        return np.bincount(inverse, weights=values, minlength=len(patches)) / n_bags
-
-    nan = np.full(len(patches), np.nan)
-    columns = {"instance": nan}
-    if "instance" in attention:
-        columns["instance"] = mean_of(attention["instance"][bag, pos])
-    scale = attention.get("scale")
-    for j, s in enumerate(SCALES):
-        ok = scale is not None and scale.ndim == 3 and scale.shape[2] == len(SCALES)
-        columns[f"scale_{s}"] = mean_of(scale[bag, pos, j]) if ok else nan
-    df = pd.DataFrame(
-        {
-            "patient_id": [source.patients[p].patient_id for p in source.instance_patient[patches]],
-            "slide_id": source.slide_ids[patches],
-            "patch_index": source.patch_index[patches],
-            "n_bags": n_bags,
-            **columns,
-        }
-    )
-    return df.sort_values(["patient_id", "slide_id", "patch_index"], ignore_index=True)
 
 
 def _output_paths(out_dir, paths: Mapping[str, str | os.PathLike] | None) -> dict[str, Path]:
@@ -239,20 +192,72 @@ def _select_patients(
     return chosen
 
 
-def _fit(
-    model,
-    opt,
-    source,
-    train_w,
-    val_w,
-    epochs,
-    accumulate,
-    train_rng,
-    val_rng,
-    eval_batch_bags,
-    desc,
+def _resolve(
+    method: str, options: Mapping[str, Any] | None, settings: TrainSettings
+) -> tuple[str, dict[str, Any], str, TrainSettings]:
+    """Registry model, model options, phenotype clustering and settings of ``method``: the
+    options ``bag_mode`` (overriding ``settings``) and ``clustering`` are training options."""
+    options = dict(options or {})
+    if "bag_mode" in options:
+        settings = replace(settings, bag_mode=options.pop("bag_mode"))
+    clustering = options.pop("clustering", None)
+    registry_name, model_options = resolve_method(method, options)
+    clustering = clustering or default_clustering(registry_name, model_options)
+    return registry_name, model_options, clustering, settings
+
+
+def fold_patients(
+    patients: Sequence[PatientBags],
+    splits: pd.DataFrame,
+    fold: int,
+    n_folds: int | None,
+    clustering: str,
+) -> tuple[dict[str, list[str]], list[PatientBags]]:
+    """Step 1: the fold's patient ids per role (``training``, ``validation``, ``test``, each in
+    the splits' order) and the patients themselves in that order, with ``clusters`` from
+    ``clustering``; checked against the splits' labels and for patches."""
+    train_ids, val_ids, test_ids = fold_partition(splits, fold, n_folds)
+    if not train_ids:
+        raise ValueError(f"fold {fold} has no training patients")
+    roles = {"training": train_ids, "validation": val_ids, "test": test_ids}
+    chosen = [p.with_clustering(clustering) for p in _select_patients(patients, splits, roles)]
+    return roles, chosen
+
+
+def build_model(
+    registry_name: str,
+    model_options: Mapping[str, Any],
+    in_dim: int,
+    standardise_on: Sequence[PatientBags] | None,
+    device: torch.device | str,
+) -> MILModel:
+    """Step 2: a fresh model of feature size ``in_dim`` on ``device``; with ``standardise_on``,
+    its input standardisation set to those patients' :func:`feature_statistics`. Its weights
+    come from torch's global generator (seed it first)."""
+    model = create_mil_model(registry_name, in_dim, **model_options)
+    if standardise_on is not None:
+        mean, std = feature_statistics(standardise_on)
+        model.set_feature_standardisation(torch.from_numpy(mean), torch.from_numpy(std))
+    return model.to(device)
+
+
+def fit(
+    model: MILModel,
+    source: PatientBagSource,
+    train_w: np.ndarray,
+    val_w: np.ndarray,
+    settings: TrainSettings,
+    train_rng: np.random.Generator,
+    val_rng: np.random.Generator,
+    desc: str = "training",
 ) -> pd.DataFrame:
-    """The training loop; leaves ``model`` holding the selected weights, returns the history."""
+    """Step 3: the training loop over the patient positions ``train_w`` (selecting on ``val_w``,
+    or on the training loss when it is empty). Leaves ``model`` holding the selected weights;
+    returns the history (:data:`csmil.mil.results.HISTORY_COLUMNS`)."""
+    opt = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay
+    )
+    epochs, accumulate = settings.epochs, settings.accumulate
     labels = torch.as_tensor(source.labels, dtype=torch.float32, device=source.device)
     history, best_score, best_epoch, best_state = [], np.inf, 0, None
     model.train()
@@ -270,7 +275,7 @@ def _fit(
             total += float(loss.detach())
         train_loss = total / len(order)
         val_loss = (
-            _epoch_val_loss(model, source, val_w, val_rng, eval_batch_bags)
+            _epoch_val_loss(model, source, val_w, val_rng, settings.eval_batch_bags)
             if len(val_w)
             else np.nan
         )
@@ -296,10 +301,21 @@ def _fit(
     return hist
 
 
-def _test_tables(model, source, test_w, fold, n_test_bags, rng, eval_batch_bags):
-    """predictions.tsv and attention.tsv tables of the test patients (empty when none)."""
+def score_test_patients(
+    model: MILModel,
+    source: PatientBagSource,
+    test_w: np.ndarray,
+    fold: int,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Step 4: the predictions and attention tables (:mod:`csmil.mil.results`) of the test
+    patient positions ``test_w`` (empty tables when there are none)."""
+    n_test_bags = settings.n_test_bags
     if len(test_w):
-        probs, index, att = predict_bags(model, source, test_w, n_test_bags, rng, eval_batch_bags)
+        probs, index, att = predict_bags(
+            model, source, test_w, n_test_bags, rng, settings.eval_batch_bags
+        )
         attention = attention_table(source, index, att)
     else:
         log.warning("fold %d has no test patients: writing empty predictions", fold)
@@ -360,96 +376,61 @@ def train_fold(
     method: str,
     options: Mapping[str, Any] | None = None,
     *,
+    settings: TrainSettings | None = None,
     out_dir: str | os.PathLike | None = None,
     paths: Mapping[str, str | os.PathLike] | None = None,
     n_folds: int | None = None,
-    epochs: int = 100,
-    lr: float = 5e-4,
-    weight_decay: float = 1e-4,
-    accumulate: int = 4,
-    n_test_bags: int = 100,
-    n_clusters: int = 8,
-    bag_mode: str = "cluster",
-    standardise: bool = False,
     seed: int = 0,
     device: str = "auto",
     num_threads: int | None = None,
-    eval_batch_bags: int = 50,
 ) -> dict[str, Any]:
     """Train ``method`` on fold ``fold`` and write model.pt, history.tsv, predictions.tsv and
     attention.tsv (to ``out_dir``, or per output name in ``paths``: model, history, predictions,
     attention). See the module docstring for the procedure.
 
+    ``splits`` is the splits table or its path; ``n_folds`` K (default: from the splits).
     ``method`` and ``options`` go through :func:`csmil.mil.models.resolve_method`; the options
-    ``bag_mode`` and ``clustering`` are training options (overriding the arguments) and are not
-    passed to the model. ``clustering`` picks the phenotype clusters bags are drawn from
-    (``"20x"``, ``"10x"``, ``"5x"``, ``"all"``); by default :func:`default_clustering`.
-    With ``standardise``, the model standardises its input features by the training
-    patients' statistics (:func:`feature_statistics`, stored in the model).
+    ``bag_mode`` and ``clustering`` are training options (``bag_mode`` overrides
+    ``settings.bag_mode``) and are not passed to the model. ``clustering`` picks the phenotype
+    clusters bags are drawn from (``"20x"``, ``"10x"``, ``"5x"``, ``"all"``); by default
+    :func:`default_clustering`. ``settings`` default to :class:`TrainSettings`'s. ``seed`` seeds
+    the weights and three generators of its own (training bags, validation bags, test bags).
     Feature size D comes from the patients. Returns a summary (epochs, best epoch and losses,
     patient counts, parameter count, seconds).
     """
     t0 = time.perf_counter()
+    settings = settings or TrainSettings()
     if isinstance(splits, str | os.PathLike):
-        splits = read_tsv(splits, dtype={"patient_id": str})
-    if accumulate < 1 or epochs < 1 or n_test_bags < 1:
-        raise ValueError(
-            f"accumulate, epochs and n_test_bags must be >= 1; got {accumulate}, {epochs}, "
-            f"{n_test_bags}"
-        )
-    options = dict(options or {})
-    bag_mode = options.pop("bag_mode", bag_mode)
-    clustering = options.pop("clustering", None)
-    registry_name, model_options = resolve_method(method, options)
-    clustering = clustering or default_clustering(registry_name, model_options)
+        splits = read_splits(splits)
+    registry_name, model_options, clustering, settings = _resolve(method, options, settings)
     out = _output_paths(out_dir, paths)
-    train_ids, val_ids, test_ids = fold_partition(splits, fold, n_folds)
-    if not train_ids:
-        raise ValueError(f"fold {fold} has no training patients")
-    roles = {"training": train_ids, "validation": val_ids, "test": test_ids}
-    chosen = [p.with_clustering(clustering) for p in _select_patients(patients, splits, roles)]
+    roles, chosen = fold_patients(patients, splits, fold, n_folds, clustering)
     set_threads(num_threads)
     dev = select_device(device)
-    source = PatientBagSource(chosen, n_clusters=n_clusters, bag_mode=bag_mode, device=dev)
+    source = PatientBagSource(
+        chosen, n_clusters=settings.n_clusters, bag_mode=settings.bag_mode, device=dev
+    )
     train_w, val_w, test_w = (source.indices(ids) for ids in roles.values())
     seed_everything(seed)
     train_rng, val_rng, test_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
     )
-    model = create_mil_model(registry_name, chosen[0].dim, **model_options)
-    if standardise:
-        mean, std = feature_statistics([source.patients[w] for w in train_w])
-        model.set_feature_standardisation(torch.from_numpy(mean), torch.from_numpy(std))
-    model = model.to(dev)
+    stats_on = [source.patients[w] for w in train_w] if settings.standardise else None
+    model = build_model(registry_name, model_options, chosen[0].dim, stats_on, dev)
     counts = {"n_train": len(train_w), "n_val": len(val_w), "n_test": len(test_w)}
     n_params = count_parameters(model)
     log.info(
         f"{method} ({registry_name} {model_options}, {n_params} parameters), fold {fold}: "
-        f"{counts}, {bag_mode} bags from the {clustering} clustering"
+        f"{counts}, {settings.bag_mode} bags from the {clustering} clustering"
     )
     if not len(val_w):
         log.warning("fold %d has no validation patients: selecting on the training loss", fold)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     desc = f"{method} fold {fold}"
-    hist = _fit(
-        model,
-        opt,
-        source,
-        train_w,
-        val_w,
-        epochs,
-        accumulate,
-        train_rng,
-        val_rng,
-        eval_batch_bags,
-        desc,
-    )
+    hist = fit(model, source, train_w, val_w, settings, train_rng, val_rng, desc)
     best = hist.loc[hist["best"]].iloc[0]
     selected_on = "val_loss" if len(val_w) else "train_loss"
     t_train = time.perf_counter() - t0
-    preds, attention = _test_tables(
-        model, source, test_w, fold, n_test_bags, test_rng, eval_batch_bags
-    )
+    preds, attention = score_test_patients(model, source, test_w, fold, settings, test_rng)
     summary = {
         "method": method,
         "model": registry_name,
@@ -463,25 +444,25 @@ def train_fold(
     config = {
         **summary,
         "options": model_options,
-        "epochs": int(epochs),
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
-        "accumulate": int(accumulate),
-        "n_test_bags": int(n_test_bags),
-        "n_clusters": int(n_clusters),
+        "epochs": int(settings.epochs),
+        "lr": float(settings.lr),
+        "weight_decay": float(settings.weight_decay),
+        "accumulate": int(settings.accumulate),
+        "n_test_bags": int(settings.n_test_bags),
+        "n_clusters": int(settings.n_clusters),
         "clustering": clustering,
-        "bag_mode": bag_mode,
-        "standardise": bool(standardise),
+        "bag_mode": settings.bag_mode,
+        "standardise": bool(settings.standardise),
         "seed": int(seed),
         "n_folds": int(n_folds if n_folds is not None else splits["fold"].max() + 1),
-        "train_patients": train_ids,
-        "val_patients": val_ids,
-        "test_patients": test_ids,
+        "train_patients": roles["training"],
+        "val_patients": roles["validation"],
+        "test_patients": roles["test"],
     }
     save_mil_checkpoint(out["model"], model, config=config)
-    write_tsv(hist, out["history"])
-    write_tsv(preds, out["predictions"])
-    write_tsv(attention, out["attention"])
+    write_history(hist, out["history"])
+    write_predictions(preds, out["predictions"])
+    write_attention(attention, out["attention"])
     summary.update(seconds_train=t_train, seconds=time.perf_counter() - t0)
     log.info(
         f"{desc} done in {summary['seconds']:.1f} s (training {t_train:.1f} s); best "

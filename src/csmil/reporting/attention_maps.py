@@ -1,8 +1,8 @@
 """Cross-scale attention maps on the slide thumbnail, and how well attention localises anomalies.
 
 Maps (paper Fig. 4/6; the authors' rendering, reference notes §5): every patch's attention, already
-averaged over the test bags it was drawn into (``attention.tsv`` of
-:func:`csmil.mil.training.train_fold`), is painted over the patch's footprint on a canvas at
+averaged over the test bags it was drawn into (``attention.tsv``, read through
+:func:`csmil.mil.results.load_attention`), is painted over the patch's footprint on a canvas at
 thumbnail resolution; where footprints overlap the values are averaged (a sum canvas divided by a
 count canvas). The footprint of a panel is a field of view centred on the 20x tile:
 
@@ -36,12 +36,11 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter
 
 from csmil import SCALE_FIELD_PX_20X, SCALES
-from csmil.io import read_tsv
+from csmil.mil.results import ATTENTION_VALUES, load_attention, read_predictions
 from csmil.slides.patchstore import open_patch_store
 
 log = logging.getLogger(__name__)
 
-ATTENTION_KEYS = ("slide_id", "patch_index")
 PANELS: tuple[str, ...] = ("instance", *SCALES)
 LOCALISATION_COLUMNS = (
     "dataset",
@@ -53,7 +52,7 @@ LOCALISATION_COLUMNS = (
     "n_positive",
 )
 #: Attention columns of ``attention.tsv`` that localisation is measured for, when present.
-LOCALISATION_ATTENTION = ("instance", *(f"scale_{s}" for s in SCALES))
+LOCALISATION_ATTENTION = ATTENTION_VALUES
 
 
 def default_footprints(cohort: str | None) -> dict[str, str]:
@@ -63,28 +62,6 @@ def default_footprints(cohort: str | None) -> dict[str, str]:
     if cohort == "macro":
         return dict.fromkeys(PANELS, "5x")
     return {"instance": "20x", **{s: s for s in SCALES}}
-
-
-def load_attention(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """Concatenate fold ``attention.tsv`` tables; a patch may appear in one fold only."""
-    frames = []
-    for path in paths:
-        df = read_tsv(path, dtype={"patient_id": str, "slide_id": str})
-        missing = [c for c in ("patient_id", *ATTENTION_KEYS, "instance") if c not in df.columns]
-        if missing:
-            raise ValueError(f"{path}: missing columns {missing}; is it an attention.tsv?")
-        frames.append(df)
-    if not frames:
-        raise ValueError("no attention tables were given")
-    att = pd.concat(frames, ignore_index=True)
-    dup = att.duplicated(list(ATTENTION_KEYS), keep=False)
-    if dup.any():
-        first = att[dup].iloc[0]
-        raise ValueError(
-            f"patch {first['patch_index']} of slide {first['slide_id']!r} is in more than one "
-            f"attention table ({list(map(str, paths))}); give the folds of one method only"
-        )
-    return att
 
 
 @dataclass
@@ -361,9 +338,7 @@ def render_dataset_maps(
     from csmil.runtime import progress
 
     att = load_attention(attention_paths)
-    preds = pd.concat(
-        [read_tsv(p, dtype={"patient_id": str}) for p in prediction_paths] or [pd.DataFrame()]
-    )
+    preds = pd.concat([read_predictions(p) for p in prediction_paths] or [pd.DataFrame()])
     info = {r.patient_id: r for r in preds.itertuples()} if len(preds) else {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,8 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from csmil import SCALES
-from csmil.io import atomic_path, read_tsv
-from csmil.reporting.attention_maps import load_attention
+from csmil.io import atomic_path
+from csmil.mil.results import load_attention, read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ def roc_pr_figure(
     reference: str | None = None,
 ) -> None:
     """:func:`plot_roc_pr` from each method's ``curves.tsv`` and ``metrics.tsv``."""
-    from csmil.reporting.markdown import read_metrics
+    from csmil.evaluation.metrics import read_curves, read_metrics
 
-    curves = {m: read_tsv(p) for m, p in curve_paths.items()}
+    curves = {m: read_curves(p) for m, p in curve_paths.items()}
     metrics = {m: read_metrics(metric_paths[m]) for m in curve_paths}
     plot_roc_pr(curves, metrics, out_png, title=title, reference=reference)
 
@@ -120,7 +120,7 @@ def labelled_attention(
     """The folds' attention rows with the ``label`` of each patch's patient (from the folds'
     predictions)."""
     att = load_attention(attention_paths)
-    preds = pd.concat([read_tsv(p, dtype={"patient_id": str}) for p in prediction_paths])
+    preds = pd.concat([read_predictions(p) for p in prediction_paths])
     labels = preds.drop_duplicates("patient_id").set_index("patient_id")["label"]
     missing = sorted(set(att["patient_id"]) - set(labels.index))
     if missing:

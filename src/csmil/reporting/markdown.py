@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from csmil.io import atomic_path, read_tsv
+from csmil.evaluation.metrics import read_metrics
+from csmil.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ def write_table(
         df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(md_path) as tmp:
         tmp.write_text(to_markdown(df, **md_kwargs))
-
-
-def read_metrics(path: str | os.PathLike) -> dict[str, float]:
-    """The single row of a method's metrics TSV as a dict (``auc``, ``ap``, ...)."""
-    df = read_tsv(path)
-    if len(df) != 1:
-        raise ValueError(f"{path}: expected one row of metrics, found {len(df)}")
-    return df.iloc[0].to_dict()
 
 
 def table5(

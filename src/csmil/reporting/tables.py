@@ -39,7 +39,9 @@ from csmil.mil.models import (
     model_options,
     resolve_method,
 )
-from csmil.mil.training import default_clustering, fold_partition
+from csmil.mil.results import read_history
+from csmil.mil.splits import fold_partition, read_splits
+from csmil.mil.training import default_clustering
 from csmil.reporting.markdown import to_markdown
 
 log = logging.getLogger(__name__)
@@ -251,11 +253,11 @@ def dataset_counts(
 
     Every patient is tested once, so test slides/patients are the cohort's; training and
     validation patches are averaged over the K folds (fold ``f``: test ``f``, validation
-    ``f+1 mod K``, training the rest, as :func:`csmil.mil.training.fold_partition`); test bags are
+    ``f+1 mod K``, training the rest, as :func:`csmil.mil.splits.fold_partition`); test bags are
     ``n_test_bags`` per patient.
     """
     if not isinstance(splits, pd.DataFrame):
-        splits = read_tsv(splits, dtype={"patient_id": str})
+        splits = read_splits(splits)
     ids = splits["patient_id"].astype(str).tolist()
     missing = [p for p in ids if p not in patches_per_patient or p not in slides_per_patient]
     if missing:
@@ -288,7 +290,7 @@ def _memory(histories, benchmarks) -> tuple[float, str]:
     """Peak training memory over folds, MB, and what it measures."""
     gpu = []
     for path in histories:
-        h = read_tsv(path)
+        h = read_history(path)
         if GPU_MEMORY_COLUMN in h.columns:
             gpu.append(float(pd.to_numeric(h[GPU_MEMORY_COLUMN], errors="coerce").max()))
     if gpu and np.isfinite(gpu).any():
@@ -318,7 +320,7 @@ def table6(
             model, meta = load_mil_checkpoint(files["models"][0])
             at_paper = create_mil_model(meta["name"], PAPER_DIM, **meta["options"])
             peak, measure = _memory(files.get("histories", ()), files.get("benchmarks", ()))
-            secs = [read_tsv(p)["seconds"].mean() for p in files.get("histories", ())]
+            secs = [read_history(p)["seconds"].mean() for p in files.get("histories", ())]
             rows.append(
                 {
                     "dataset": dataset,
