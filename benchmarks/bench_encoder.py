@@ -21,7 +21,7 @@ import numpy as np
 
 from csmil import SCALES
 from csmil.encoders.embedding import embed_slide
-from csmil.encoders.simsiam import train_simsiam
+from csmil.encoders.training import SimSiamSettings, train_simsiam
 from csmil.runtime import select_device, setup_logging
 from csmil.slides.patchstore import PatchStoreWriter
 
@@ -57,11 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     dev = select_device(args.device)
     with tempfile.TemporaryDirectory() as d:
         store = make_store(Path(d) / "bench.h5", args.n_patches, args.patch_px)
-        train = train_simsiam(
-            [store], "20x", Path(d) / "20x.pt", backbone=args.backbone, epochs=args.epochs,
-            batch_size=args.batch_size, warmup_epochs=0, schedule_epochs=None,
-            device=args.device, num_threads=args.threads,
+        settings = SimSiamSettings(
+            backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
+            warmup_epochs=0, schedule_epochs=None,
         )  # fmt: skip
+        train = train_simsiam([store], "20x", Path(d) / "20x.pt", settings,
+                              device=args.device, num_threads=args.threads)  # fmt: skip
         enc = {s: Path(d) / "20x.pt" for s in SCALES}
         embed_slide(store, enc, Path(d) / "warm.h5", batch_size=args.embed_batch_size,
                     device=args.device, num_threads=args.threads)  # fmt: skip

@@ -10,7 +10,8 @@ from csmil import SCALES
 from csmil.encoders.augment import normalize
 from csmil.encoders.embedding import embed_slide
 from csmil.encoders.featurestore import read_features
-from csmil.encoders.simsiam import load_encoder, train_simsiam
+from csmil.encoders.simsiam import load_encoder
+from csmil.encoders.training import SimSiamSettings, train_simsiam
 from csmil.slides.patchstore import PatchStoreWriter, open_patch_store
 
 PX = 32
@@ -33,10 +34,10 @@ def encoders(tmp_path_factory):
     paths = {}
     for i, s in enumerate(SCALES):
         paths[s] = d / f"{s}.pt"
-        train_simsiam(
-            [train_store], s, paths[s], epochs=1, batch_size=8, warmup_epochs=0,
-            schedule_epochs=None, seed=i, num_threads=1,
-        )  # fmt: skip
+        settings = SimSiamSettings(
+            epochs=1, batch_size=8, warmup_epochs=0, schedule_epochs=None, seed=i
+        )
+        train_simsiam([train_store], s, paths[s], settings, num_threads=1)
     return paths
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.encoders.simsiam import train_simsiam
+from csmil.encoders.training import SimSiamSettings, train_simsiam
 from csmil.mil.bags import load_patient
 from csmil.mil.models import create_mil_model, save_mil_checkpoint
 from csmil.predict import PREDICT_COLUMNS, add_predict_parser, score_patient
@@ -26,10 +26,11 @@ def run(tmp_path_factory):
     tile_slide(d / "new1.svs", d / "train.h5", patch_px=PX)
     enc = d / "encoders"
     for i, s in enumerate(SCALES):
-        train_simsiam(
-            [d / "train.h5"], s, enc / f"{s}.pt", backbone="resnet18", epochs=1, batch_size=8,
-            warmup_epochs=0, schedule_epochs=None, max_patches=16, seed=i, num_threads=1,
+        settings = SimSiamSettings(
+            backbone="resnet18", epochs=1, batch_size=8, warmup_epochs=0, schedule_epochs=None,
+            max_patches=16, seed=i,
         )  # fmt: skip
+        train_simsiam([d / "train.h5"], s, enc / f"{s}.pt", settings, num_threads=1)
     models = d / "mil"
     for k in range(2):
         torch.manual_seed(k)

@@ -10,22 +10,19 @@ import torch
 
 from csmil import SCALES
 from csmil.encoders.augment import AugmentConfig, BatchAugment, blur_kernel_size, normalize
-from csmil.encoders.simsiam import (
-    SimSiam,
-    build_backbone,
-    encoder_id,
-    history_path,
-    load_encoder,
-    lr_at,
-    train_simsiam,
-)
+from csmil.encoders.loader import PatchSample
+from csmil.encoders.simsiam import SimSiam, build_backbone, encoder_id, load_encoder
+from csmil.encoders.training import SimSiamSettings, history_path, lr_at, train_simsiam
 from csmil.io import read_tsv
 from csmil.slides.patchstore import PatchStoreWriter
 
 PX = 32
-FAST = dict(
-    epochs=2, batch_size=8, max_patches=16, warmup_epochs=0, schedule_epochs=None, num_threads=1
-)
+FAST = dict(epochs=2, batch_size=8, max_patches=16, warmup_epochs=0, schedule_epochs=None)
+
+
+def train(stores, scale, out, **settings):
+    """train_simsiam with :class:`SimSiamSettings` fields as keywords, on one thread."""
+    return train_simsiam(stores, scale, out, SimSiamSettings(**settings), num_threads=1)
 
 
 def make_store(path, n, px=PX, seed=0):
@@ -55,7 +52,7 @@ def stores(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(stores, tmp_path_factory):
     out = tmp_path_factory.mktemp("enc") / "20x.pt"
-    summary = train_simsiam(stores, "20x", out, seed=3, **FAST)
+    summary = train(stores, "20x", out, seed=3, **FAST)
     return out, summary
 
 
@@ -128,6 +125,24 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(59, **kw) < 0.001 and lr_at(60, **kw) == 0.0
 
 
+def test_settings_normalise_config_values_and_name_bad_ones():
+    s = SimSiamSettings(
+        epochs=5, warmup_epochs=0, schedule_epochs=None, layers=["layer4", "layer2", "layer4"],
+        augment={"vflip": True, "crop_ratio": [1, 1]},
+    )  # fmt: skip
+    assert s.schedule == 5 and s.layers == ("layer2", "layer4")
+    assert s.augment == AugmentConfig(vflip=True, crop_ratio=(1, 1))
+    assert SimSiamSettings().augment == AugmentConfig() and SimSiamSettings().schedule == 800
+    with pytest.raises(ValueError, match="schedule_epochs=5"):
+        SimSiamSettings(epochs=10, schedule_epochs=5)
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        SimSiamSettings(backbone="vit")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        SimSiamSettings(pooling="median")
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        SimSiamSettings(batch_size=0)
+
+
 def test_model_shapes_and_loss_range():
     net, dim = build_backbone("resnet18")
     assert dim == 512 and not hasattr(net, "fc")
@@ -176,36 +191,35 @@ def test_checkpoint_round_trip_gives_identical_features(trained):
 
 def test_same_seed_gives_identical_weights(stores, trained, tmp_path):
     out, summary = trained
-    again = train_simsiam(stores, "20x", tmp_path / "again.pt", seed=3, **FAST)
+    again = train(stores, "20x", tmp_path / "again.pt", seed=3, **FAST)
     a = torch.load(out, weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "again.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert again["encoder_id"] == summary["encoder_id"]
-    other = train_simsiam(stores, "20x", tmp_path / "other.pt", seed=4, **FAST)
+    other = train(stores, "20x", tmp_path / "other.pt", seed=4, **FAST)
     assert other["encoder_id"] != summary["encoder_id"]
 
 
 def test_max_patches_small_batch_and_too_few(stores, tmp_path, caplog):
-    s = train_simsiam(stores, "5x", tmp_path / "m.pt", **{**FAST, "epochs": 1, "max_patches": 6})
+    s = train(stores, "5x", tmp_path / "m.pt", **{**FAST, "epochs": 1, "max_patches": 6})
     assert s["n_patches"] == 6 and s["batch_size"] == 6 and s["n_patches_available"] == 40
     assert "batch size reduced" in caplog.text
     one = {**FAST, "epochs": 1, "seed": 7, "max_patches": None}
-    cached = train_simsiam(stores, "5x", tmp_path / "c.pt", **one)
-    lazy = train_simsiam(stores, "5x", tmp_path / "l.pt", cache_mb=0, **one)
+    cached = train(stores, "5x", tmp_path / "c.pt", **one)
+    lazy = train(stores, "5x", tmp_path / "l.pt", cache_mb=0, **one)
     assert lazy["n_patches"] == 40 and lazy["encoder_id"] == cached["encoder_id"]
     empty = make_store(tmp_path / "empty.h5", 0)
     with pytest.raises(ValueError, match="at least 2 patches"):
-        train_simsiam([empty], "20x", tmp_path / "e.pt", **FAST)
+        train([empty], "20x", tmp_path / "e.pt", **FAST)
     assert not (tmp_path / "e.pt").exists()
 
 
 @pytest.mark.parametrize("max_patches", [2, 30, None])
 def test_patch_sample_cache_equals_lazy_reads(stores, max_patches):
-    from csmil.encoders.simsiam import _PatchSample
     from csmil.slides.patchstore import open_patch_store
 
-    cached = _PatchSample(stores, "10x", max_patches, 4096, np.random.default_rng(0))
-    lazy = _PatchSample(stores, "10x", max_patches, 0, np.random.default_rng(0))
+    cached = PatchSample(stores, "10x", max_patches, 4096, np.random.default_rng(0))
+    lazy = PatchSample(stores, "10x", max_patches, 0, np.random.default_rng(0))
     assert cached.in_memory and not lazy.in_memory
     assert len(cached) == (40 if max_patches is None else max_patches)
     assert len(np.unique(cached.refs, axis=0)) == len(cached)  # drawn without replacement
@@ -283,8 +297,8 @@ def test_readout_options_are_validated():
 def test_readout_is_stored_and_used_by_load_encoder(stores, trained, tmp_path):
     out, summary = trained
     kw = {**FAST, "epochs": 1}
-    s = train_simsiam(stores, "10x", tmp_path / "g.pt", seed=3, pooling="gem",
-                      layers=["layer3", "layer4"], **kw)  # fmt: skip
+    s = train(stores, "10x", tmp_path / "g.pt", seed=3, pooling="gem",
+              layers=["layer3", "layer4"], **kw)  # fmt: skip
     ckpt = torch.load(tmp_path / "g.pt", weights_only=True)
     assert ckpt["pooling"] == "gem" and ckpt["layers"] == ["layer3", "layer4"]
     assert ckpt["feature_dim"] == 768 and ckpt["config"]["pooling"] == "gem"

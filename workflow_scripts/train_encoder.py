@@ -1,14 +1,11 @@
-"""Snakemake adapter: csmil.encoders.simsiam.train_simsiam."""
+"""Snakemake adapter: csmil.encoders.training.train_simsiam."""
 
-from csmil.encoders.simsiam import train_simsiam
+from csmil.encoders.training import SimSiamSettings, train_simsiam
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-train_simsiam(
-    list(snakemake.input),
-    scale=snakemake.wildcards.scale,
-    out_path=snakemake.output.encoder,
+settings = SimSiamSettings(
     backbone=p.backbone,
     layers=tuple(p.layers),
     pooling=p.pooling,
@@ -20,5 +17,11 @@ train_simsiam(
     max_patches=p.max_patches,
     augment=dict(p.augment),
     seed=p.seed,
+)
+train_simsiam(
+    list(snakemake.input),
+    scale=snakemake.wildcards.scale,
+    out_path=snakemake.output.encoder,
+    settings=settings,
     num_threads=snakemake.threads,
 )

@@ -61,12 +61,9 @@ def cmd_tile(a: argparse.Namespace) -> object:
 
 
 def cmd_train_encoder(a: argparse.Namespace) -> object:
-    from csmil.encoders.simsiam import train_simsiam
+    from csmil.encoders.training import SimSiamSettings, train_simsiam
 
-    return train_simsiam(
-        a.patch_stores,
-        scale=a.scale,
-        out_path=a.out,
+    settings = SimSiamSettings(
         backbone=a.backbone,
         epochs=a.epochs,
         batch_size=a.batch_size,
@@ -76,6 +73,12 @@ def cmd_train_encoder(a: argparse.Namespace) -> object:
         layers=tuple(a.layers),
         pooling=a.pooling,
         seed=a.seed,
+    )
+    return train_simsiam(
+        a.patch_stores,
+        scale=a.scale,
+        out_path=a.out,
+        settings=settings,
         device=a.device,
         num_threads=a.threads,
     )

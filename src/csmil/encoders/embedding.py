@@ -20,7 +20,8 @@ import torch
 
 from csmil.encoders.augment import normalize
 from csmil.encoders.featurestore import write_features
-from csmil.encoders.simsiam import load_encoder, prefetch
+from csmil.encoders.loader import prefetch, store_batches
+from csmil.encoders.simsiam import load_encoder
 from csmil.runtime import progress, select_device, set_threads
 from csmil.slides.patchstore import open_patch_store
 
@@ -101,17 +102,11 @@ def embed_slide(
 def _embed_scale(store, scale, net, meta, batch_size, dev, sid) -> np.ndarray:
     """(N, D) float32 features of one scale, streamed in batches through ``net``."""
     out = np.empty((store.n, int(meta["feature_dim"])), dtype=np.float32)
-    pin = dev.type == "cuda"
-
-    def batches():
-        for b in store.iter_batches(scale, batch_size):
-            x = torch.from_numpy(b)  # (B, P, P, 3) uint8
-            yield x.pin_memory() if pin else x
-
+    batches = store_batches(store, scale, batch_size, pin=dev.type == "cuda")
     steps = -(-store.n // batch_size)
     lo = 0
     with torch.inference_mode():
-        for x in progress(prefetch(batches()), f"embed {sid} {scale}", steps):
+        for x in progress(prefetch(batches), f"embed {sid} {scale}", steps):
             x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, P, P)
             f = net(normalize(x, meta["mean"], meta["std"]))  # (B, D)
             out[lo : lo + len(f)] = f.float().cpu().numpy()

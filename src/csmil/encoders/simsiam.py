@@ -1,18 +1,11 @@
-"""SimSiam encoders, one per scale: model, training on patch stores, checkpoint save/load.
+"""SimSiam encoders, one per scale: the model and the encoder checkpoint (save/load).
 
 SimSiam (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021) with the
 settings of the CS-MIL authors' code (official-implementation.md §3.1): a torchvision ResNet
 without pretrained weights (fc → Identity), a projector of ``proj_layers`` Linear-BN(-ReLU)
 blocks (2 by default: Linear-BN-ReLU-Linear-BN, width = backbone width), a bottleneck predictor
-(width/4) Linear-BN-ReLU-Linear, the symmetric negative cosine loss with stop-gradient (paper
-Eq. 1–2), SGD (momentum 0.9, weight decay 1e-4, lr = base_lr × batch/256), linear warm-up then
-cosine decay per step, and a constant predictor lr. The authors schedule the cosine over 800
-epochs and stop at 200 (``schedule_epochs`` and ``epochs`` here). AMP is used on CUDA only.
-
-Data: the patches of one scale from the given patch stores. At most ``max_patches`` patches are
-used, drawn uniformly without replacement over all stores with the seed. When the drawn patches
-fit in ``cache_mb`` they are read once and held in memory as uint8; otherwise each batch is
-read lazily from the stores, so memory stays bounded by one batch whatever the cohort size.
+(width/4) Linear-BN-ReLU-Linear and the symmetric negative cosine loss with stop-gradient (paper
+Eq. 1–2). Training (optimiser, schedule, data) is :mod:`csmil.encoders.training`.
 
 The backbone's feature is read out by global ``pooling`` (average, max or GeM) of one or more
 ResNet stages (``layers``), concatenated; the default, the average of the last stage, is
@@ -26,34 +19,18 @@ only, plus ``pooling`` and ``layers``) and loads with ``torch.load(weights_only=
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 import os
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 import torchvision
 from torch import nn
 
-from csmil.encoders.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AugmentConfig,
-    BatchAugment,
-    normalize,
-)
-from csmil.io import atomic_path, write_tsv
-from csmil.runtime import progress, seed_everything, select_device, set_threads, versions
-from csmil.slides.patchstore import open_patch_store
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+from csmil.encoders.augment import IMAGENET_MEAN, IMAGENET_STD
+from csmil.io import atomic_path
+from csmil.runtime import versions
 
 #: Backbone name → feature width after global pooling of the last stage.
 BACKBONES: dict[str, int] = {"resnet18": 512, "resnet50": 2048}
@@ -108,7 +85,9 @@ class ReadoutResNet(nn.Module):
         return torch.cat(pooled, dim=1)  # (B, D)
 
 
-def _check_readout(pooling: str, layers: Sequence[str]) -> tuple[str, ...]:
+def check_readout(pooling: str, layers: Sequence[str]) -> tuple[str, ...]:
+    """Validate a read-out: ``pooling`` in :data:`POOLINGS`, ``layers`` a non-empty subset of
+    :data:`STAGES`; return the layers in stage order without duplicates."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = tuple(layers)
@@ -125,7 +104,7 @@ def build_backbone(
     each extra stage adds its width (resnet18: 64, 128, 256; resnet50: 256, 512, 1024)."""
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
-    layers = _check_readout(pooling, layers)
+    layers = check_readout(pooling, layers)
     net = getattr(torchvision.models, name)(weights=None)
     widths = {s: getattr(net, s)[-1].bn2.num_features if name == "resnet18"
               else getattr(net, s)[-1].bn3.num_features for s in STAGES}  # fmt: skip
@@ -164,272 +143,33 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -nn.functional.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
 
 
-def lr_at(step: int, steps_per_epoch: int, lr: float, warmup_epochs: int, schedule_epochs: int):
-    """Learning rate of the encoder at ``step`` (0-based, counted over all epochs).
-
-    Linear warm-up from 0 to ``lr`` over ``warmup_epochs``, then cosine from ``lr`` to 0 over
-    the remaining ``schedule_epochs − warmup_epochs`` epochs; 0 after the schedule ends.
-    """
-    warm = warmup_epochs * steps_per_epoch
-    total = schedule_epochs * steps_per_epoch
-    if step < warm:
-        return lr * step / warm
-    if step >= total:
-        return 0.0
-    return 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
-def history_path(out_path: str | os.PathLike) -> Path:
-    """The training-history TSV beside an encoder checkpoint: ``X.pt`` → ``X.history.tsv``."""
-    p = Path(out_path)
-    return p.with_name(p.stem + ".history.tsv")
-
-
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Iterate ``items`` while a background thread produces the next ones (I/O overlap)."""
-    it = iter(items)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = [pool.submit(next, it, None) for _ in range(depth)]
-        while True:
-            item = futures.pop(0).result()
-            if item is None:
-                return
-            futures.append(pool.submit(next, it, None))
-            yield item
-
-
-class _PatchSample:
-    """The drawn training patches of one scale; ``batch(idx)`` → uint8 (B, P, P, 3)."""
-
-    def __init__(self, stores: Sequence[Path], scale: str, max_patches, cache_mb, rng) -> None:
-        counts, px = [], set()
-        for path in stores:
-            with open_patch_store(path) as st:
-                if scale not in st.scales:
-                    raise KeyError(f"{path}: no scale {scale!r}; this store has {st.scales}")
-                counts.append(st.n)
-                if st.n:
-                    px.add(st.patch_px)
-        if len(px) > 1:
-            raise ValueError(f"patch stores differ in patch_px {sorted(px)}; re-tile them alike")
-        self.patch_px = px.pop() if px else 0
-        self.n_available = int(sum(counts))
-        n = self.n_available if max_patches is None else min(self.n_available, int(max_patches))
-        flat = np.sort(rng.choice(self.n_available, size=n, replace=False)) if n else np.zeros(0)
-        offsets = np.cumsum([0, *counts])
-        store_of = np.searchsorted(offsets, flat, side="right") - 1
-        self.refs = np.stack([store_of, flat - offsets[store_of]], 1).astype(np.int64)  # (n, 2)
-        self.stores, self.scale = list(stores), scale
-        self.in_memory = n * self.patch_px**2 * 3 <= cache_mb * 2**20
-        self._open: dict[int, Any] = {}
-        self._counts = counts
-        self._cache = self._read_all() if self.in_memory and n else None
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def batch(self, idx: np.ndarray) -> np.ndarray:
-        return self._cache[idx] if self._cache is not None else self._read(idx)
-
-    def _read(self, idx: np.ndarray) -> np.ndarray:
-        out = np.empty((len(idx), self.patch_px, self.patch_px, 3), dtype=np.uint8)
-        refs = self.refs[idx]
-        for s in np.unique(refs[:, 0]):
-            rows = np.flatnonzero(refs[:, 0] == s)
-            if s not in self._open:
-                self._open[s] = open_patch_store(self.stores[s])
-            out[rows] = self._open[s].read(self.scale, refs[rows, 1])
-        return out
-
-    def _read_all(self) -> np.ndarray:
-        """All drawn patches, store by store. A store of which at least a tenth is drawn is
-        read in contiguous blocks (decompressing every chunk once is then cheaper than
-        h5py's point selections); a sparsely drawn one by index, in blocks."""
-        out = np.empty((len(self.refs), self.patch_px, self.patch_px, 3), dtype=np.uint8)
-        block = 1024
-        for s in progress(np.unique(self.refs[:, 0]), f"reading {self.scale} patches"):
-            rows = np.flatnonzero(self.refs[:, 0] == s)
-            local = self.refs[rows, 1]  # sorted, unique
-            with open_patch_store(self.stores[s]) as st:
-                if len(local) * 10 >= self._counts[s]:
-                    for lo, arr in enumerate(st.iter_batches(self.scale, block)):
-                        lo *= block
-                        sel = (local >= lo) & (local < lo + len(arr))
-                        out[rows[sel]] = arr[local[sel] - lo]
-                else:
-                    for i in range(0, len(local), block):
-                        out[rows[i : i + block]] = st.read(self.scale, local[i : i + block])
-        return out
-
-    def close(self) -> None:
-        for st in self._open.values():
-            st.close()
-        self._open.clear()
-
-
-def train_simsiam(
-    patch_stores: Sequence[str | os.PathLike],
-    scale: str,
+def save_encoder(
     out_path: str | os.PathLike,
-    backbone: str = "resnet18",
-    epochs: int = 200,
-    batch_size: int = 64,
-    base_lr: float = 0.05,
-    warmup_epochs: int = 10,
-    schedule_epochs: int | None = 800,
-    proj_layers: int = 2,
-    max_patches: int | None = None,
-    cache_mb: float = 4096,
-    augment: AugmentConfig | dict | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    num_threads: int | None = None,
-    pooling: str = "avg",
-    layers: Sequence[str] = ("layer4",),
+    net: ReadoutResNet,
+    backbone: str,
+    scale: str,
+    patch_px: int,
+    feature_dim: int,
+    config: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Train a SimSiam encoder on the ``scale`` patches of ``patch_stores``; save its backbone.
+    """Write an encoder checkpoint atomically and return it (with its CPU ``state_dict``).
 
-    Writes the checkpoint ``out_path`` and the history ``history_path(out_path)`` (columns
-    epoch, loss (mean over the epoch's steps), lr (encoder lr of its last step), seconds)
-    atomically.
-
-    Args:
-        patch_stores: patch stores of the pretraining slides; all must share ``patch_px``.
-        scale: which patches to train on (one encoder per scale).
-        epochs: epochs actually run (the authors' ``stop_at_epoch``, 200).
-        schedule_epochs: length of the warm-up + cosine schedule (the authors' ``num_epochs``,
-            800); None means ``epochs``, i.e. the cosine reaches 0 at the end.
-        batch_size: patches per step (two views each), reduced with a warning when fewer
-            patches exist; the last incomplete batch of an epoch is dropped.
-        base_lr: lr per 256 patches; the encoder lr is ``base_lr × batch_size / 256``.
-        max_patches: use at most this many patches, a seeded uniform draw over all stores.
-        cache_mb: hold the drawn patches in memory when their uint8 pixels fit, else read
-            every batch from the stores.
-        augment: :class:`AugmentConfig` or a dict of its fields.
-        device: "auto", "cpu" or "cuda" (AMP float16 and pinned memory on CUDA).
-        num_threads: torch intra-op threads (None: leave as is).
-        pooling: global pooling of the read feature maps, one of :data:`POOLINGS` ("avg" is
-            torchvision's); stored in the checkpoint, so embedding uses the same.
-        layers: ResNet stages whose pooled outputs are concatenated into the feature (and fed
-            to the projector), a subset of :data:`STAGES`; ("layer4",) is the usual read-out.
-            Earlier stages keep small, fine patterns that the last stage may average away.
-
-    Returns:
-        Summary: encoder_id, n_patches(_available), batch_size, final_loss, patches_per_s
-        (source patches per training second), seconds, device, history path.
+    ``net`` is the backbone of a trained :class:`SimSiam` (``backbone`` names its architecture,
+    one of :data:`BACKBONES`; ``feature_dim`` its output width D); its read-out (``pooling``,
+    ``layers``) is stored, with ``patch_px`` (pixels per side of the training patches), the
+    ImageNet normalisation, the training ``config`` and the package versions. Plain types only,
+    so the file loads with ``torch.load(weights_only=True)``.
     """
-    t_start = time.perf_counter()
-    set_threads(num_threads)
-    dev = select_device(device)
-    aug_cfg = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**(augment or {}))
-    schedule_epochs = epochs if schedule_epochs is None else int(schedule_epochs)
-    if epochs < 1 or schedule_epochs < epochs or not 0 <= warmup_epochs <= schedule_epochs:
-        raise ValueError(
-            "need epochs >= 1, schedule_epochs >= epochs and 0 <= warmup_epochs <= "
-            f"schedule_epochs; got epochs={epochs}, schedule_epochs={schedule_epochs}, "
-            f"warmup_epochs={warmup_epochs}"
-        )
-    layers = _check_readout(pooling, layers)
-    if not patch_stores:
-        raise ValueError("patch_stores is empty: list the patch stores of the pretraining slides")
-    rng = seed_everything(seed)
-    data = _PatchSample([Path(p) for p in patch_stores], scale, max_patches, cache_mb, rng)
-    n = len(data)
-    if n < 2:
-        raise ValueError(
-            f"SimSiam on scale {scale} needs at least 2 patches, found {n} in "
-            f"{len(patch_stores)} patch store(s) ({data.n_available} available); add "
-            "pretraining slides with tissue or raise max_patches"
-        )
-    if n < batch_size:
-        log.warning("only %d %s patches: batch size reduced from %d to %d", n, scale, batch_size, n)
-        batch_size = n
-    steps = n // batch_size  # drop_last
-    lr = base_lr * batch_size / 256
-    log.info(
-        "SimSiam %s on %s: %d of %d patches (%s), %d px, batch %d, %d steps/epoch, lr %.4g, %s",
-        backbone, scale, n, data.n_available, "in memory" if data.in_memory else "lazy reads",
-        data.patch_px, batch_size, steps, lr, dev,
-    )  # fmt: skip
-
-    net, dim = build_backbone(backbone, pooling, layers)
-    model = SimSiam(net, dim, proj_layers).to(dev)
-    enc_params = [*model.backbone.parameters(), *model.projector.parameters()]
-    opt = torch.optim.SGD(
-        [{"params": enc_params}, {"params": model.predictor.parameters()}],
-        lr=lr, momentum=0.9, weight_decay=1e-4,
-    )  # fmt: skip
-    amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    aug = BatchAugment(data.patch_px, aug_cfg)
-    gen = torch.Generator().manual_seed(seed)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-
-    def batches(order: np.ndarray) -> Iterator[torch.Tensor]:
-        for i in range(steps):
-            x = torch.from_numpy(data.batch(np.sort(order[i * batch_size : (i + 1) * batch_size])))
-            yield x.pin_memory() if amp else x
-
-    rows = []
-    try:
-        for epoch in range(1, epochs + 1):
-            t0, total = time.perf_counter(), 0.0
-            model.train()
-            order = rng.permutation(n)
-            bar = progress(prefetch(batches(order)), f"simsiam {scale} epoch {epoch}", steps)
-            for i, x in enumerate(bar):
-                step_lr = lr_at((epoch - 1) * steps + i, steps, lr, warmup_epochs, schedule_epochs)
-                opt.param_groups[0]["lr"] = step_lr  # the predictor group keeps ``lr``
-                x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, P, P) uint8
-                v1 = normalize(aug(x, gen), mean, std)
-                v2 = normalize(aug(x, gen), mean, std)
-                with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
-                    loss = model(v1, v2)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                total += loss.item()
-            mean_loss = total / steps
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(
-                    f"SimSiam loss became {mean_loss} in epoch {epoch} on scale {scale}; "
-                    "lower base_lr or check the patches"
-                )
-            secs = time.perf_counter() - t0
-            rows.append({"epoch": epoch, "loss": mean_loss, "lr": step_lr, "seconds": secs})
-            log.info(
-                "epoch %d/%d loss %.4f lr %.4g (%.1f s)", epoch, epochs, mean_loss, step_lr, secs
-            )
-    finally:
-        data.close()
-
-    config = {
-        "patch_stores": [str(p) for p in patch_stores], "epochs": epochs,
-        "schedule_epochs": schedule_epochs, "warmup_epochs": warmup_epochs,
-        "batch_size": batch_size, "base_lr": base_lr, "lr": lr, "proj_layers": proj_layers,
-        "max_patches": max_patches, "n_patches": n, "seed": seed, "augment": aug_cfg.to_dict(),
-        "pooling": pooling, "layers": list(layers),
-    }  # fmt: skip
     ckpt = {
         "kind": CHECKPOINT_KIND, "backbone": backbone, "scale": scale,
-        "patch_px": data.patch_px, "feature_dim": dim, "pooling": pooling,
-        "layers": list(layers), "mean": list(mean), "std": list(std),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()},
-        "config": config, "versions": {k: str(v) for k, v in versions().items()},
+        "patch_px": patch_px, "feature_dim": feature_dim, "pooling": net.pooling,
+        "layers": list(net.layers), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+        "config": dict(config), "versions": {k: str(v) for k, v in versions().items()},
     }  # fmt: skip
-    with atomic_path(out_path) as tmp:  # plain types only: loads with weights_only=True
+    with atomic_path(out_path) as tmp:
         torch.save(ckpt, tmp)
-    write_tsv(pd.DataFrame(rows), history_path(out_path))
-    seconds = time.perf_counter() - t_start
-    train_secs = sum(r["seconds"] for r in rows)
-    return {
-        "out_path": str(out_path), "encoder_id": encoder_id(ckpt), "scale": scale,
-        "backbone": backbone, "n_patches_available": data.n_available, "n_patches": n,
-        "batch_size": batch_size, "epochs": epochs, "final_loss": rows[-1]["loss"],
-        "patches_per_s": steps * batch_size * epochs / train_secs, "seconds": seconds,
-        "device": str(dev), "history": str(history_path(out_path)),
-    }  # fmt: skip
+    return ckpt
 
 
 def encoder_id(ckpt: dict[str, Any]) -> str:
