@@ -1,23 +1,90 @@
-# Helpers shared by the rules: configuration, sample sheets and the path of every output.
+# Helpers shared by the rules: configuration, sample sheets, resolved methods, the path template
+# of every output and the inputs of every job.
 from pathlib import Path
 
 import csmil
-from csmil.config import dataset_sample_sheet, derive_seed, validate_config
+from csmil.config import derive_seed, load_sample_sheet, validate_config
+from csmil.inputs import flatten
+from csmil.mil.methods import configured_methods
+from csmil.mil.splits import ledger_path
+from csmil.toy.generator import toy_sample_sheet
 
 validate_config(config)
 
 RESULTS = "results"
 SCALES = list(csmil.SCALES)
+
+# ---------------------------------------------------------------- output path templates
+# Each is written here once; rules use it as output and helpers fill it (fill, fold_files).
+TOY_SLIDES = f"{RESULTS}/{{toy_dataset}}/slides"
+TOY_SLIDE = f"{TOY_SLIDES}/{{slide}}.svs"
+TOY_MASK = f"{TOY_SLIDES}/{{slide}}.mask.png"
+PATCHES = f"{RESULTS}/{{dataset}}/patches/{{slide}}.h5"
+ENCODER = f"{RESULTS}/encoders/{{group}}/{{scale}}.pt"
+ENCODER_HISTORY = f"{RESULTS}/encoders/{{group}}/{{scale}}.history.tsv"
+FEATURES = f"{RESULTS}/{{dataset}}/features/{{slide}}.h5"
+PHENOTYPES = f"{RESULTS}/{{dataset}}/phenotypes/{{patient}}.tsv"
+SPLITS = f"{RESULTS}/{{dataset}}/splits.tsv"
+SPLITS_LEDGER = str(
+    ledger_path(SPLITS)
+)  # every patient's fold, kept as the cohort grows
+MIL_FOLD = f"{RESULTS}/{{dataset}}/mil/{{method}}/fold{{fold}}"
+FOLD_MODEL = f"{MIL_FOLD}/model.pt"
+FOLD_HISTORY = f"{MIL_FOLD}/history.tsv"
+FOLD_PREDICTIONS = f"{MIL_FOLD}/predictions.tsv"
+FOLD_ATTENTION = f"{MIL_FOLD}/attention.tsv"
+FOLD_BENCHMARK = (
+    f"{RESULTS}/benchmarks/train_mil/{{dataset}}/{{method}}/fold{{fold}}.tsv"
+)
+METRICS = f"{RESULTS}/{{dataset}}/mil/{{method}}/metrics.tsv"
+CURVES = f"{RESULTS}/{{dataset}}/mil/{{method}}/curves.tsv"
+COMPARE = f"{RESULTS}/{{dataset}}/compare.tsv"
+TABLE = f"{RESULTS}/tables/{{table}}"
+ROC_PR = f"{RESULTS}/figures/{{dataset}}/roc_pr.png"
+SCALE_ATTENTION_PLOT = f"{RESULTS}/figures/{{dataset}}/scale_attention.png"
+ATTENTION_MAPS = f"{RESULTS}/figures/{{dataset}}/attention_maps"
+PREDICT = f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}"
+
+
+def fill(template, **wildcards):
+    """One path of a template, e.g. fill(PATCHES, dataset="micro", slide="s1")."""
+    return template.format(**wildcards)
+
+
+# ---------------------------------------------------------------- datasets and methods
+
+
+def sample_sheet(name, spec):
+    """The sample sheet of a configured dataset; a toy cohort's is generated (its slides live
+    under TOY_SLIDES; its seed defaults to one derived from the master seed and its name).
+    """
+    if "samples" in spec:
+        return load_sample_sheet(spec["samples"])
+    toy = spec["toy"]
+    return toy_sample_sheet(
+        dataset=name,
+        cohort=toy["cohort"],
+        n_patients=int(toy["n_patients"]),
+        seed=int(toy.get("seed", derive_seed(config["seed"], name))),
+        slides_dir=fill(TOY_SLIDES, toy_dataset=name),
+        pretrain_fraction=float(toy["pretrain_fraction"]),
+    )
+
+
 DATASETS = list(config["datasets"])
 SAMPLES = {
-    ds: dataset_sample_sheet(ds, spec, config["seed"], RESULTS).set_index(
-        "slide_id", drop=False
-    )
+    ds: sample_sheet(ds, spec).set_index("slide_id", drop=False)
     for ds, spec in config["datasets"].items()
 }
 TOY_DATASETS = [ds for ds, spec in config["datasets"].items() if "toy" in spec]
-METHODS = list(config["mil"]["methods"])
 N_FOLDS = int(config["splits"]["n_folds"])
+REFERENCE = config["tables"]["reference"]
+# Every configured method and variant resolved now: a mistyped name fails the dry run.
+SPECS = configured_methods(config["mil"], REFERENCE)
+METHODS = list(config["mil"]["methods"])
+# every configured method, plus the reference when it is not listed (it is trained for the tests)
+COMPARED = list(SPECS)
+N_BOOT = 2000  # bootstrap resamples of the AP/AUC tests (pROC's default)
 
 
 def _alternatives(names):
@@ -43,6 +110,26 @@ def encoder_group(dataset):
 GROUPS = sorted({encoder_group(ds) for ds in DATASETS})
 
 
+def stage_seed(*keys):
+    return derive_seed(config["seed"], *keys)
+
+
+def toy_cohorts():
+    """Toy cohort name -> the dataset that holds it (first one wins)."""
+    out = {}
+    for ds in TOY_DATASETS:
+        out.setdefault(config["datasets"][ds]["toy"]["cohort"], ds)
+    return out
+
+
+def cohort_of(dataset):
+    """The toy cohort of a dataset (micro, macro) or None for a real cohort."""
+    return config["datasets"][dataset].get("toy", {}).get("cohort")
+
+
+# ---------------------------------------------------------------- slides and patients
+
+
 def slide_file(wildcards):
     return SAMPLES[wildcards.dataset].loc[wildcards.slide, "path"]
 
@@ -57,38 +144,6 @@ def slide_mpp(wildcards):
     return None if mpp is None or mpp != mpp else float(mpp)
 
 
-def patch_store(dataset, slide):
-    return f"{RESULTS}/{dataset}/patches/{slide}.h5"
-
-
-def feature_store(dataset, slide):
-    return f"{RESULTS}/{dataset}/features/{slide}.h5"
-
-
-def encoder_file(group, scale):
-    return f"{RESULTS}/encoders/{group}/{scale}.pt"
-
-
-def pretrain_patch_stores(wildcards):
-    """Patch stores of the pinned pretraining slides of every dataset in the group."""
-    out = []
-    for ds in DATASETS:
-        if encoder_group(ds) == wildcards.group:
-            sheet = SAMPLES[ds]
-            out += [patch_store(ds, s) for s in sheet.index[sheet["pretrain"]]]
-    if not out:
-        raise ValueError(
-            f"encoder group {wildcards.group!r} has no pretraining slides: mark some slides "
-            "with pretrain=true in the sample sheet"
-        )
-    return out
-
-
-def slide_encoders(wildcards):
-    group = encoder_group(wildcards.dataset)
-    return {s: encoder_file(group, s) for s in SCALES}
-
-
 def patients(dataset):
     return sorted(SAMPLES[dataset]["patient_id"].unique())
 
@@ -98,137 +153,206 @@ def patient_slides(dataset, patient):
     return sheet.index[sheet["patient_id"] == patient].tolist()
 
 
-def patient_features(wildcards):
-    return [
-        feature_store(wildcards.dataset, s)
-        for s in patient_slides(wildcards.dataset, wildcards.patient)
-    ]
+def split_patients(wildcards):
+    """Patient id and label of every patient of a dataset (what the folds depend on)."""
+    return (
+        SAMPLES[wildcards.dataset][["patient_id", "label"]]
+        .drop_duplicates()
+        .sort_values("patient_id")
+        .to_dict("records")
+    )
 
 
-def phenotype_table(dataset, patient):
-    return f"{RESULTS}/{dataset}/phenotypes/{patient}.tsv"
+def patient_slide_counts(dataset):
+    return SAMPLES[dataset].groupby("patient_id").size().to_dict()
 
 
-def dataset_patient_inputs(wildcards):
-    """Every feature store and phenotype table of a dataset (MIL training reads them all)."""
-    ds = wildcards.dataset
-    return {
-        "features": [feature_store(ds, s) for s in SAMPLES[ds].index],
-        "phenotypes": [phenotype_table(ds, p) for p in patients(ds)],
-    }
-
-
-def patient_feature_map(wildcards):
-    """patient id -> its feature store paths, for the training script."""
-    ds = wildcards.dataset
-    return {
-        p: [feature_store(ds, s) for s in patient_slides(ds, p)] for p in patients(ds)
-    }
-
-
-def patient_phenotype_map(wildcards):
-    """patient id -> its phenotype table, for the training script."""
-    return {
-        p: phenotype_table(wildcards.dataset, p) for p in patients(wildcards.dataset)
-    }
-
-
-def mil_dir(dataset, method, fold):
-    return f"{RESULTS}/{dataset}/mil/{method}/fold{fold}"
-
-
-def fold_predictions(wildcards):
-    return [
-        f"{mil_dir(wildcards.dataset, wildcards.method, f)}/predictions.tsv"
-        for f in range(N_FOLDS)
-    ]
-
-
-def metrics_file(dataset, method):
-    return f"{RESULTS}/{dataset}/mil/{method}/metrics.tsv"
-
-
-def toy_cohorts():
-    """Toy cohort name -> the dataset that holds it (first one wins)."""
-    out = {}
-    for ds in TOY_DATASETS:
-        out.setdefault(config["datasets"][ds]["toy"]["cohort"], ds)
-    return out
-
-
-def table5_metrics():
-    return [metrics_file(ds, m) for ds in toy_cohorts().values() for m in METHODS]
-
-
-def all_targets():
-    targets = [metrics_file(ds, m) for ds in DATASETS for m in METHODS]
-    targets += [compare_file(ds) for ds in DATASETS]
-    targets += [
-        f"{RESULTS}/tables/table{n}.{ext}"
-        for n in (1, 2, 3, 4, 6)
-        for ext in ("csv", "md")
-    ]
-    targets += [
-        f"{RESULTS}/figures/{ds}/{name}"
-        for ds in DATASETS
-        for name in ("roc_pr.png", "scale_attention.png", "attention_maps")
-    ]
-    targets += [
-        f"{RESULTS}/tables/scale_attention.csv",
-        f"{RESULTS}/tables/scale_attention_tests.csv",
-    ]
-    if TOY_DATASETS:
-        targets += [f"{RESULTS}/tables/table5.csv", f"{RESULTS}/tables/table5.md"]
-        targets.append(f"{RESULTS}/tables/attention_localisation.csv")
-    return targets
-
-
-def stage_seed(*keys):
-    return derive_seed(config["seed"], *keys)
-
-
-# Comparison, figures, report and prediction.
-REFERENCE = config["tables"]["reference"]
-# every configured method, plus the reference when it is not listed (it is trained for the tests)
-COMPARED = METHODS + [m for m in [REFERENCE] if m not in METHODS]
-N_BOOT = 2000  # bootstrap resamples of the AP/AUC tests (pROC's default)
-
-
-def fold_files(dataset, method, name):
-    """One file of every fold of a method, e.g. its predictions.tsv."""
-    return [f"{mil_dir(dataset, method, f)}/{name}" for f in range(N_FOLDS)]
-
-
-def compare_file(dataset):
-    return f"{RESULTS}/{dataset}/compare.tsv"
-
-
-def compared_predictions(wildcards):
-    """method -> fold predictions of every compared method of a dataset."""
-    return {m: fold_files(wildcards.dataset, m, "predictions.tsv") for m in COMPARED}
-
-
-def toy_mask(dataset, slide):
-    return f"{RESULTS}/{dataset}/slides/{slide}.mask.png"
-
-
-def slide_paths(dataset, with_mask):
+def slide_files(dataset, with_mask):
     """slide id -> its slide, patch store and (toy cohorts, when asked) mask paths."""
     out = {}
     for slide in SAMPLES[dataset].index:
         paths = {
             "slide": SAMPLES[dataset].loc[slide, "path"],
-            "patches": patch_store(dataset, slide),
+            "patches": fill(PATCHES, dataset=dataset, slide=slide),
         }
         if with_mask and dataset in TOY_DATASETS:
-            paths["mask"] = toy_mask(dataset, slide)
+            paths["mask"] = fill(TOY_MASK, toy_dataset=dataset, slide=slide)
         out[slide] = paths
     return out
 
 
-def cohort_of(dataset):
-    """The toy cohort of a dataset (micro, macro) or None for a real cohort."""
-    return config["datasets"][dataset].get("toy", {}).get("cohort")
+def fold_files(template, dataset, method):
+    """One file of every fold of a method, e.g. fold_files(FOLD_PREDICTIONS, ds, m)."""
+    return [
+        fill(template, dataset=dataset, method=method, fold=f) for f in range(N_FOLDS)
+    ]
+
+
+# ---------------------------------------------------------------- inputs of the jobs
+# Input functions return named inputs; a nested map is flattened to names joined by "__"
+# (csmil.inputs), which the job's script nests again.
+
+
+def pretrain_patch_stores(wildcards):
+    """Patch stores of the pinned pretraining slides of every dataset in the group."""
+    out = []
+    for ds in DATASETS:
+        if encoder_group(ds) == wildcards.group:
+            sheet = SAMPLES[ds]
+            out += [
+                fill(PATCHES, dataset=ds, slide=s)
+                for s in sheet.index[sheet["pretrain"]]
+            ]
+    if not out:
+        raise ValueError(
+            f"encoder group {wildcards.group!r} has no pretraining slides: mark some slides "
+            "with pretrain=true in the sample sheet"
+        )
+    return out
+
+
+def slide_encoders(wildcards):
+    """The encoder of every scale, in SCALES order."""
+    group = encoder_group(wildcards.dataset)
+    return [fill(ENCODER, group=group, scale=s) for s in SCALES]
+
+
+def patient_features(wildcards):
+    return [
+        fill(FEATURES, dataset=wildcards.dataset, slide=s)
+        for s in patient_slides(wildcards.dataset, wildcards.patient)
+    ]
+
+
+def train_mil_inputs(wildcards):
+    """Every patient's feature stores and phenotype table (MIL training reads them all)."""
+    ds = wildcards.dataset
+    return flatten(
+        {
+            "features": {
+                p: [fill(FEATURES, dataset=ds, slide=s) for s in patient_slides(ds, p)]
+                for p in patients(ds)
+            },
+            "phenotypes": {
+                p: fill(PHENOTYPES, dataset=ds, patient=p) for p in patients(ds)
+            },
+        }
+    )
+
+
+def method_fold_predictions(wildcards):
+    return fold_files(FOLD_PREDICTIONS, wildcards.dataset, wildcards.method)
+
+
+def compare_inputs(wildcards):
+    """Fold predictions of every compared method of a dataset."""
+    ds = wildcards.dataset
+    return flatten(
+        {"predictions": {m: fold_files(FOLD_PREDICTIONS, ds, m) for m in COMPARED}}
+    )
+
+
+def roc_pr_inputs(wildcards):
+    ds = wildcards.dataset
+    return flatten(
+        {
+            "curves": {m: fill(CURVES, dataset=ds, method=m) for m in COMPARED},
+            "metrics": {m: fill(METRICS, dataset=ds, method=m) for m in COMPARED},
+        }
+    )
+
+
+def scale_attention_inputs(wildcards):
+    """The reference's fold attention and predictions of every dataset."""
+    return flatten(
+        {
+            "runs": {
+                ds: {
+                    "attention": fold_files(FOLD_ATTENTION, ds, REFERENCE),
+                    "predictions": fold_files(FOLD_PREDICTIONS, ds, REFERENCE),
+                }
+                for ds in DATASETS
+            }
+        }
+    )
+
+
+def attention_maps_inputs(wildcards):
+    ds = wildcards.dataset
+    return flatten(
+        {
+            "attention": fold_files(FOLD_ATTENTION, ds, REFERENCE),
+            "predictions": fold_files(FOLD_PREDICTIONS, ds, REFERENCE),
+            "slides": slide_files(ds, True),
+        }
+    )
+
+
+def attention_localisation_inputs(wildcards):
+    """Toy cohorts: every compared method's fold attention, every slide's patches and mask."""
+    return flatten(
+        {
+            "attention": {
+                ds: {m: fold_files(FOLD_ATTENTION, ds, m) for m in COMPARED}
+                for ds in TOY_DATASETS
+            },
+            "slides": {
+                ds: {
+                    s: {k: p for k, p in paths.items() if k != "slide"}
+                    for s, paths in slide_files(ds, True).items()
+                }
+                for ds in TOY_DATASETS
+            },
+        }
+    )
+
+
+def table5_inputs(wildcards):
+    return flatten(
+        {
+            "metrics": {
+                ds: {m: fill(METRICS, dataset=ds, method=m) for m in METHODS}
+                for ds in toy_cohorts().values()
+            }
+        }
+    )
+
+
+def comparison_tables_inputs(wildcards):
+    return flatten({"compare": {ds: fill(COMPARE, dataset=ds) for ds in DATASETS}})
+
+
+def table4_inputs(wildcards):
+    return flatten(
+        {
+            "datasets": {
+                ds: {
+                    "splits": fill(SPLITS, dataset=ds),
+                    "predictions": fold_files(FOLD_PREDICTIONS, ds, REFERENCE),
+                }
+                for ds in DATASETS
+            }
+        }
+    )
+
+
+def table6_inputs(wildcards):
+    """Every compared method's fold models, histories and training benchmarks."""
+    return flatten(
+        {
+            "runs": {
+                ds: {
+                    m: {
+                        "models": fold_files(FOLD_MODEL, ds, m),
+                        "histories": fold_files(FOLD_HISTORY, ds, m),
+                        "benchmarks": fold_files(FOLD_BENCHMARK, ds, m),
+                    }
+                    for m in COMPARED
+                }
+                for ds in DATASETS
+            }
+        }
+    )
 
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
@@ -244,10 +368,39 @@ def predict_inputs(wildcards):
     if not slides:
         raise ValueError(
             f"no slides in {folder}/ (looked for {', '.join(SLIDE_SUFFIXES)}); put the new "
-            "slides there and ask for results/predict/{dataset}/{method}/{batch}/predictions.tsv"
+            f"slides there and ask for {fill(PREDICT, **wildcards)}/predictions.tsv"
         )
-    return {
-        "slides": slides,
-        "models": fold_files(wildcards.dataset, wildcards.method, "model.pt"),
-        "encoders": list(slide_encoders(wildcards).values()),
-    }
+    return flatten(
+        {
+            "slides": slides,
+            "models": fold_files(FOLD_MODEL, wildcards.dataset, wildcards.method),
+            "encoders": dict(zip(SCALES, slide_encoders(wildcards), strict=True)),
+        }
+    )
+
+
+# ---------------------------------------------------------------- targets
+
+
+def all_targets():
+    targets = [fill(METRICS, dataset=ds, method=m) for ds in DATASETS for m in METHODS]
+    targets += [fill(COMPARE, dataset=ds) for ds in DATASETS]
+    targets += [
+        fill(TABLE, table=f"table{n}.{ext}")
+        for n in (1, 2, 3, 4, 6)
+        for ext in ("csv", "md")
+    ]
+    for ds in DATASETS:
+        targets += [
+            fill(ROC_PR, dataset=ds),
+            fill(SCALE_ATTENTION_PLOT, dataset=ds),
+            fill(ATTENTION_MAPS, dataset=ds),
+        ]
+    targets += [
+        fill(TABLE, table="scale_attention.csv"),
+        fill(TABLE, table="scale_attention_tests.csv"),
+    ]
+    if TOY_DATASETS:
+        targets += [fill(TABLE, table="table5.csv"), fill(TABLE, table="table5.md")]
+        targets.append(fill(TABLE, table="attention_localisation.csv"))
+    return targets

@@ -1,10 +1,10 @@
 rule embed_slide:
     """Every patch of a slide at every scale through that scale's encoder."""
     input:
-        patches=f"{RESULTS}/{{dataset}}/patches/{{slide}}.h5",
-        encoders=lambda w: list(slide_encoders(w).values()),
+        patches=PATCHES,
+        encoders=slide_encoders,
     output:
-        f"{RESULTS}/{{dataset}}/features/{{slide}}.h5",
+        FEATURES,
     log:
         "logs/embed_slide/{dataset}/{slide}.log",
     benchmark:

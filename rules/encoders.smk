@@ -8,8 +8,8 @@ rule train_encoder:
     input:
         pretrain_patch_stores,
     output:
-        encoder=f"{RESULTS}/encoders/{{group}}/{{scale}}.pt",
-        history=f"{RESULTS}/encoders/{{group}}/{{scale}}.history.tsv",
+        encoder=ENCODER,
+        history=ENCODER_HISTORY,
     log:
         "logs/train_encoder/{group}/{scale}.log",
     benchmark:

@@ -1,10 +1,10 @@
 rule evaluate:
     """Pooled out-of-fold predictions of one method: AUC, AP, accuracy, ROC/PR points."""
     input:
-        fold_predictions,
+        predictions=method_fold_predictions,
     output:
-        metrics=f"{RESULTS}/{{dataset}}/mil/{{method}}/metrics.tsv",
-        curves=f"{RESULTS}/{{dataset}}/mil/{{method}}/curves.tsv",
+        metrics=METRICS,
+        curves=CURVES,
     log:
         "logs/evaluate/{dataset}/{method}.log",
     conda:
@@ -21,9 +21,9 @@ rule evaluate:
 rule compare:
     """Every method against the reference on the patients both scored: DeLong (AUC), paired bootstrap (AP, AUC)."""
     input:
-        lambda w: [p for paths in compared_predictions(w).values() for p in paths],
+        unpack(compare_inputs),
     output:
-        f"{RESULTS}/{{dataset}}/compare.tsv",
+        COMPARE,
     log:
         "logs/compare/{dataset}.log",
     conda:
@@ -32,7 +32,6 @@ rule compare:
         mem_mb=2000,
         runtime=10,
     params:
-        predictions=compared_predictions,
         reference=REFERENCE,
         n_folds=N_FOLDS,
         n_boot=N_BOOT,

@@ -3,7 +3,7 @@ rule cluster_patient:
     input:
         patient_features,
     output:
-        f"{RESULTS}/{{dataset}}/phenotypes/{{patient}}.tsv",
+        PHENOTYPES,
     log:
         "logs/cluster_patient/{dataset}/{patient}.log",
     conda:

@@ -3,19 +3,17 @@ rule predict:
     input:
         unpack(predict_inputs),
     output:
-        predictions=f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}/predictions.tsv",
-        attention=directory(
-            f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}/attention"
-        ),
+        predictions=f"{PREDICT}/predictions.tsv",
+        attention=directory(f"{PREDICT}/attention"),
         maps=report(
-            directory(f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}/maps"),
+            directory(f"{PREDICT}/maps"),
             patterns=["{slide}.png"],
             caption="../report/predict_maps.rst",
             category="Predictions",
             subcategory="{batch}",
             labels={"slide": "{slide}"},
         ),
-        work=directory(f"{RESULTS}/predict/{{dataset}}/{{method}}/{{batch}}/work"),
+        work=directory(f"{PREDICT}/work"),
     log:
         "logs/predict/{dataset}/{method}/{batch}.log",
     benchmark:
@@ -30,8 +28,6 @@ rule predict:
         mem_mb=8000,
         runtime=120,
     params:
-        encoders=lambda w: slide_encoders(w),
-        out_dir=lambda w: f"{RESULTS}/predict/{w.dataset}/{w.method}/{w.batch}",
         n_bags=config["mil"]["n_test_bags"],
         tissue_threshold=config["tiling"]["tissue_threshold"],
         mask_mpp=config["tiling"]["mask_mpp"],

@@ -1,7 +1,12 @@
 rule make_splits:
-    """Patient-level, label-stratified folds; patients keep their fold as the cohort grows."""
+    """Patient-level, label-stratified folds; patients keep their fold as the cohort grows.
+
+    The ledger holds every patient ever assigned: the job reads it and updates it in place, so
+    a patient keeps its fold when slides or patients are added (or removed and added back).
+    """
     output:
-        f"{RESULTS}/{{dataset}}/splits.tsv",
+        splits=SPLITS,
+        ledger=update(SPLITS_LEDGER),
     log:
         "logs/make_splits/{dataset}.log",
     conda:
@@ -10,10 +15,7 @@ rule make_splits:
         mem_mb=1000,
         runtime=5,
     params:
-        patients=lambda w: SAMPLES[w.dataset][["patient_id", "label"]]
-        .drop_duplicates()
-        .sort_values("patient_id")
-        .to_dict("records"),
+        patients=split_patients,
         n_folds=N_FOLDS,
         seed=lambda w: stage_seed("splits", w.dataset),
     script:

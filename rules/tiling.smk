@@ -3,7 +3,7 @@ rule tile_slide:
     input:
         slide=slide_file,
     output:
-        f"{RESULTS}/{{dataset}}/patches/{{slide}}.h5",
+        PATCHES,
     log:
         "logs/tile_slide/{dataset}/{slide}.log",
     benchmark:

@@ -1,8 +1,8 @@
 rule make_toy_slide:
     """Generate one toy slide (pyramidal Aperio SVS) and its positive-region mask."""
     output:
-        svs=f"{RESULTS}/{{toy_dataset}}/slides/{{slide}}.svs",
-        mask=f"{RESULTS}/{{toy_dataset}}/slides/{{slide}}.mask.png",
+        svs=TOY_SLIDE,
+        mask=TOY_MASK,
     log:
         "logs/make_toy_slide/{toy_dataset}/{slide}.log",
     conda:

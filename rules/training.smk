@@ -1,17 +1,17 @@
 rule train_mil:
     """One MIL model on one cross-validation fold: train, select, test, export attention."""
     input:
-        unpack(dataset_patient_inputs),
-        splits=f"{RESULTS}/{{dataset}}/splits.tsv",
+        unpack(train_mil_inputs),
+        splits=SPLITS,
     output:
-        model=f"{RESULTS}/{{dataset}}/mil/{{method}}/fold{{fold}}/model.pt",
-        history=f"{RESULTS}/{{dataset}}/mil/{{method}}/fold{{fold}}/history.tsv",
-        predictions=f"{RESULTS}/{{dataset}}/mil/{{method}}/fold{{fold}}/predictions.tsv",
-        attention=f"{RESULTS}/{{dataset}}/mil/{{method}}/fold{{fold}}/attention.tsv",
+        model=FOLD_MODEL,
+        history=FOLD_HISTORY,
+        predictions=FOLD_PREDICTIONS,
+        attention=FOLD_ATTENTION,
     log:
         "logs/train_mil/{dataset}/{method}/fold{fold}.log",
     benchmark:
-        "results/benchmarks/train_mil/{dataset}/{method}/fold{fold}.tsv"
+        FOLD_BENCHMARK
     conda:
         "../envs/csmil.yaml"
     threads: 1
@@ -20,8 +20,6 @@ rule train_mil:
         mem_mb=4000,
         runtime=120,
     params:
-        patients=patient_feature_map,
-        phenotypes=patient_phenotype_map,
         options=lambda w: config["mil"]["variants"].get(w.method, {}),
         n_folds=N_FOLDS,
         train={

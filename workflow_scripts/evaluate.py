@@ -5,7 +5,7 @@ from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 evaluate_method(
-    list(snakemake.input),
+    list(snakemake.input.predictions),
     snakemake.output.metrics,
     snakemake.output.curves,
     n_folds=snakemake.params.n_folds,

@@ -1,4 +1,5 @@
-"""Snakemake adapter: csmil.mil.splits.update_splits."""
+"""Snakemake adapter: csmil.mil.splits.update_splits (splits.tsv and its ledger,
+where rules/common.smk expects it: csmil.mil.splits.ledger_path)."""
 
 import pandas as pd
 
@@ -8,7 +9,7 @@ from csmil.runtime import setup_logging
 setup_logging(snakemake.log[0])
 update_splits(
     pd.DataFrame(snakemake.params.patients),
-    snakemake.output[0],
+    snakemake.output.splits,
     n_folds=snakemake.params.n_folds,
     seed=snakemake.params.seed,
 )

@@ -2,11 +2,13 @@
 
 import logging
 
+from csmil.inputs import nest
 from csmil.reporting.markdown import table5, write_table
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
-df = table5(snakemake.params.metrics, snakemake.params.methods, snakemake.params.cohorts)
+metrics = nest(snakemake.input.items())["metrics"]
+df = table5(metrics, snakemake.params.methods, snakemake.params.cohorts)
 write_table(
     df,
     snakemake.output.csv,

@@ -1,5 +1,6 @@
 """Snakemake adapter: csmil.mil.training.train_fold on one fold."""
 
+from csmil.inputs import nest
 from csmil.mil.bags import load_patients
 from csmil.mil.splits import read_splits
 from csmil.mil.training import TrainSettings, train_fold
@@ -7,9 +8,10 @@ from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-splits = read_splits(snakemake.input.splits)
+files = nest(snakemake.input.items())
+splits = read_splits(files["splits"])
 train_fold(
-    load_patients(splits, p.patients, p.phenotypes),
+    load_patients(splits, files["features"], files["phenotypes"]),
     splits,
     fold=int(snakemake.wildcards.fold),
     method=snakemake.wildcards.method,
