@@ -10,11 +10,14 @@ rule tile_slide:
         "results/benchmarks/tile_slide/{dataset}/{slide}.tsv"
     conda:
         "../envs/csmil.yaml"
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
     params:
         patch_px=config["tiling"]["patch_px"],
+        patch_codec=config["tiling"]["patch_codec"],
+        jpeg_quality=config["tiling"]["jpeg_quality"],
         tissue_threshold=config["tiling"]["tissue_threshold"],
         mask_mpp=config["tiling"]["mask_mpp"],
         mpp=slide_mpp,

@@ -12,4 +12,7 @@ tile_slide(
     mask_mpp=snakemake.params.mask_mpp,
     slide_id=snakemake.wildcards.slide,
     mpp_override=snakemake.params.mpp,
+    codec=snakemake.params.patch_codec,
+    jpeg_quality=snakemake.params.jpeg_quality,
+    num_threads=snakemake.threads,
 )

@@ -57,6 +57,9 @@ def cmd_tile(a: argparse.Namespace) -> object:
         mask_mpp=a.mask_mpp,
         slide_id=a.slide_id,
         mpp_override=a.mpp,
+        codec=a.codec,
+        jpeg_quality=a.jpeg_quality,
+        num_threads=a.threads,
     )
 
 
@@ -162,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--slide-id", default=None)
     s.add_argument("--mpp", type=float, default=None, help="level-0 µm/px when the slide lacks it")
+    s.add_argument("--codec", choices=["jpeg", "png"], default="jpeg", help="patch encoding")
+    s.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (default 90)")
+    s.add_argument("--threads", type=int, default=None, help="threads that cut and encode")
     s.set_defaults(func=cmd_tile)
 
     s = sub.add_parser("train-encoder", help="SimSiam encoder of one scale")

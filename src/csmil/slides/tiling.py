@@ -8,8 +8,12 @@ are cut, 128, 256 and 512 µm wide (256, 512, 1024 px at 20x), and each is box-r
 at least the output resolution, chosen from the slide's MPP (never a fixed level index), so the
 authors' offsets bug for native 20x scans and their "level 1 is 2x" assumption do not arise.
 
-Pixels are read in blocks of tiles, one region per block and scale, so memory is bounded by
-``max_read_px`` whatever the slide size. Fields reaching past the slide edge are padded white.
+Pixels are read in blocks of tiles, one region per block and pyramid level (scales read from
+the same level share it), so memory is bounded by ``max_read_px`` whatever the slide size; the
+next block is read while the current one is cut. Each field is cut from the region (a crop when
+it maps 1:1 onto ``patch_px``, else a box resample) and encoded straight from the resampled
+image (:mod:`csmil.slides.codec`, JPEG by default), on ``num_threads`` threads: Pillow releases
+the GIL while it resamples and encodes. Fields reaching past the slide edge are padded white.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ from PIL import Image
 
 from csmil import MPP_20X, SCALE_FIELD_PX_20X, SCALES
 from csmil.runtime import progress
+from csmil.slides.codec import DEFAULT_CODEC, DEFAULT_QUALITY, check_codec, encode_patch
 from csmil.slides.patchstore import PatchStoreWriter
 from csmil.slides.reader import best_level_for, open_slide, read_region_rgb, slide_mpp
 from csmil.slides.tissue import TissueParams, slide_tissue_mask
@@ -118,6 +124,9 @@ def tile_slide(
     max_tiles: int | None = None,
     seed: int = 0,
     max_read_px: int = 2**24,
+    codec: str = DEFAULT_CODEC,
+    jpeg_quality: int = DEFAULT_QUALITY,
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Tile one slide into a patch store of co-centred 20x/10x/5x patches.
 
@@ -135,7 +144,11 @@ def tile_slide(
         max_tiles: keep at most this many tissue tiles, drawn at random with ``seed``
             (None keeps all).
         seed: seed of that draw.
-        max_read_px: most pixels read in one region (per block and scale); bounds memory.
+        max_read_px: most pixels read in one region (per block and level); bounds memory.
+        codec: patch encoding, "jpeg" (default) or "png" (lossless); see
+            :mod:`csmil.slides.codec`.
+        jpeg_quality: JPEG quality, 1-100 (4:4:4 chroma).
+        num_threads: threads that cut and encode patches (None: 1).
 
     Returns:
         A summary: slide_id, n_tiles, n_tissue_tiles, n_grid, tissue_fraction, mpp,
@@ -150,7 +163,9 @@ def tile_slide(
         raise ValueError(f"tissue_threshold must be in [0, 1], got {tissue_threshold}")
     if max_tiles is not None and max_tiles < 0:
         raise ValueError(f"max_tiles must be >= 0 or None, got {max_tiles}")
+    check_codec(codec, jpeg_quality)
     tissue = tissue or TissueParams()
+    threads = max(1, int(num_threads or 1))
 
     slide = open_slide(slide_path)
     try:
@@ -183,14 +198,37 @@ def tile_slide(
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
             groups.setdefault((int(r) // block, int(c) // block), []).append(i)
-        with PatchStoreWriter(out_h5, patch_px=patch_px, scales=SCALES, attrs=attrs) as writer:
-            for key in progress(sorted(groups), desc=f"tiling {slide_id}", total=len(groups)):
+        keys = sorted(groups)
+        writer = PatchStoreWriter(
+            out_h5, patch_px=patch_px, scales=SCALES, attrs=attrs, codec=codec,
+            quality=jpeg_quality,
+        )  # fmt: skip
+        with writer, ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as reader:
+
+            def read(key):
                 idx = np.asarray(groups[key])
-                cx = (cols[idx] + 0.5) * tile  # level-0 centres
-                cy = (rows[idx] + 0.5) * tile
-                patches = {s: _read_fields(slide, plans[s], cx, cy, patch_px) for s in SCALES}
+                cx, cy = (cols[idx] + 0.5) * tile, (rows[idx] + 0.5) * tile  # level-0 centres
+                return idx, _read_regions(slide, plans, cx, cy)
+
+            pending = reader.submit(read, keys[0]) if keys else None
+            for k in progress(range(len(keys)), desc=f"tiling {slide_id}", total=len(keys)):
+                idx, regions = pending.result()
+                pending = reader.submit(read, keys[k + 1]) if k + 1 < len(keys) else None
+                cuts = [(plans[s], *regions[plans[s].level]) for s in SCALES]
+                cx, cy = (cols[idx] + 0.5) * tile, (rows[idx] + 0.5) * tile
+
+                def encode_tile(i, cuts=cuts, cx=cx, cy=cy):
+                    return [
+                        encode_patch(_cut_field(img, org, p, cx[i], cy[i], patch_px), codec,
+                                     jpeg_quality)
+                        for p, img, org in cuts
+                    ]  # fmt: skip
+
+                encoded = list(pool.map(encode_tile, range(len(idx))))
                 coords = np.stack([cols[idx] * tile, rows[idx] * tile], axis=1)
-                writer.append(coords, patches)
+                writer.append_encoded(
+                    coords, {s: [e[j] for e in encoded] for j, s in enumerate(SCALES)}
+                )
     finally:
         slide.close()
 
@@ -240,30 +278,44 @@ def _block_tiles(plans: dict[str, ScaleRead], tile: int, max_read_px: int, cap: 
     return max(1, best)
 
 
-def _read_fields(
-    slide: openslide.OpenSlide, plan: ScaleRead, cx: np.ndarray, cy: np.ndarray, patch_px: int
-) -> np.ndarray:
-    """Fields of one scale centred on level-0 (cx, cy), (n, patch_px, patch_px, 3) uint8.
+def _read_regions(
+    slide: openslide.OpenSlide, plans: dict[str, ScaleRead], cx: np.ndarray, cy: np.ndarray
+) -> dict[int, tuple[Image.Image, tuple[int, int]]]:
+    """One region per pyramid level covering every field of a block centred on level-0
+    (cx, cy): level → (region image, its top-left in that level's px)."""
+    out = {}
+    for level in sorted({p.level for p in plans.values()}):
+        on_level = [p for p in plans.values() if p.level == level]
+        ds = on_level[0].level_downsample
+        half = max(p.field_level0_px for p in on_level) / 2.0
+        lx0 = math.floor((cx.min() - half) / ds)
+        ly0 = math.floor((cy.min() - half) / ds)
+        lx1 = math.ceil((cx.max() + half) / ds)
+        ly1 = math.ceil((cy.max() + half) / ds)
+        region = read_region_rgb(
+            slide, (round(lx0 * ds), round(ly0 * ds)), level, (lx1 - lx0, ly1 - ly0)
+        )
+        out[level] = (Image.fromarray(region), (lx0, ly0))
+    return out
 
-    Reads the block's bounding region once at the plan's level, then box-resamples each field.
+
+def _cut_field(
+    img: Image.Image, origin: tuple[int, int], plan: ScaleRead, x: float, y: float, patch_px: int
+) -> Image.Image:
+    """The field of ``plan`` centred on level-0 (x, y), cut from a region read at the plan's
+    level whose top-left is ``origin`` (level px), as a ``patch_px`` square image.
+
+    A field that maps 1:1 onto whole pixels is cropped; any other is box-resampled.
     """
     ds, half = plan.level_downsample, plan.field_level0_px / 2.0
-    lx0 = math.floor((cx.min() - half) / ds)
-    ly0 = math.floor((cy.min() - half) / ds)
-    lx1 = math.ceil((cx.max() + half) / ds)
-    ly1 = math.ceil((cy.max() + half) / ds)
-    region = read_region_rgb(
-        slide, (round(lx0 * ds), round(ly0 * ds)), plan.level, (lx1 - lx0, ly1 - ly0)
-    )
-    img = Image.fromarray(region)
-    out = np.empty((len(cx), patch_px, patch_px, 3), dtype=np.uint8)
     w, h = img.size
-    for i, (x, y) in enumerate(zip(cx, cy, strict=True)):
-        box = (
-            max(0.0, (x - half) / ds - lx0),
-            max(0.0, (y - half) / ds - ly0),
-            min(float(w), (x + half) / ds - lx0),
-            min(float(h), (y + half) / ds - ly0),
-        )
-        out[i] = np.asarray(img.resize((patch_px, patch_px), Image.Resampling.BOX, box=box))
-    return out
+    box = (
+        max(0.0, (x - half) / ds - origin[0]),
+        max(0.0, (y - half) / ds - origin[1]),
+        min(float(w), (x + half) / ds - origin[0]),
+        min(float(h), (y + half) / ds - origin[1]),
+    )
+    whole = all(float(v).is_integer() for v in box)
+    if whole and box[2] - box[0] == patch_px and box[3] - box[1] == patch_px:
+        return img.crop(tuple(int(v) for v in box))
+    return img.resize((patch_px, patch_px), Image.Resampling.BOX, box=box)
