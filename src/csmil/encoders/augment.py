@@ -102,7 +102,7 @@ class BatchAugment:
 
         img = self._crop_flip_rotate(x.float().div_(255.0), g)  # (B, 3, P, P) in [0, 1]
         if cfg.jitter_p > 0 and any(cfg.jitter):
-            img = self._jitter(img, rand(b) < cfg.jitter_p, g)
+            img = self._jitter(img, torch.rand(b, generator=g) < cfg.jitter_p, g)
         if cfg.grayscale_p > 0:
             gray = TF.rgb_to_grayscale(img, num_output_channels=3)
             img = torch.where((rand(b) < cfg.grayscale_p)[:, None, None, None], gray, img)
@@ -139,14 +139,17 @@ class BatchAugment:
         return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _jitter(self, img: torch.Tensor, apply: torch.Tensor, g) -> torch.Tensor:
-        """ColorJitter with per-sample factors, in a random order drawn once per batch."""
+        """ColorJitter with per-sample factors, in a random order drawn once per batch.
+
+        ``apply`` (B,) bool lives on the CPU, so no device value is read back here.
+        """
         b = img.shape[0]
         bri, con, sat, hue = self.config.jitter
 
         def factor(spread: float, centre: float) -> torch.Tensor:
             f = torch.empty(b).uniform_(centre - spread, centre + spread, generator=g)
             f = f.clamp(min=0) if centre else f
-            return torch.where(apply.cpu(), f, torch.full((b,), centre)).to(img.device)
+            return torch.where(apply, f, torch.full((b,), centre)).to(img.device)
 
         fb, fc, fs, fh = factor(bri, 1.0), factor(con, 1.0), factor(sat, 1.0), factor(hue, 0.0)
         for op in torch.randperm(4, generator=g).tolist():

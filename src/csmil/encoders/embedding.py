@@ -2,8 +2,11 @@
 
 Follows the authors' feature extraction (official-implementation.md §1.2 step 3): the backbone
 in eval mode without gradients, ImageNet normalisation as in training, one feature vector per
-patch and scale. Patches stream from the patch store in batches (the next batch is read while
-the current one runs), so memory holds one batch of pixels plus the (N, D) features.
+patch and scale. Patches stream from the patch store through :mod:`csmil.encoders.loader`
+(decoded on the job's threads, or on the GPU, a few batches ahead), so memory holds a few
+batches of pixels plus the (N, D) features. On CUDA the encoder runs in bfloat16 autocast with
+channels-last weights and the features collect on the device until the scale is done (no host
+synchronisation per batch); on the CPU it runs in float32. Features are stored as float32.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from csmil.encoders.augment import normalize
 from csmil.encoders.featurestore import write_features
-from csmil.encoders.loader import prefetch, store_batches
+from csmil.encoders.loader import store_batches
 from csmil.encoders.simsiam import load_encoder
 from csmil.runtime import progress, select_device, set_threads
 from csmil.slides.patchstore import open_patch_store
@@ -36,8 +39,13 @@ def embed_slide(
     device: str = "auto",
     slide_id: str | None = None,
     num_threads: int | None = None,
+    decode: str = "auto",
 ) -> dict[str, Any]:
     """Embed a slide's patch store into a feature store.
+
+    ``num_threads`` sets torch's intra-op threads and the loader's decoding threads;
+    ``decode`` is where patches are decoded ("auto", "cpu", "cuda"; see
+    :mod:`csmil.encoders.loader`).
 
     ``encoder_paths`` maps each scale of the store to its encoder checkpoint. Writes
     ``features/{scale}`` (N, D) float32 and the store's ``coords`` (N, 2) to ``out_h5``, with
@@ -49,6 +57,9 @@ def embed_slide(
     t0 = time.perf_counter()
     set_threads(num_threads)
     dev = select_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    threads = max(1, int(num_threads or 1))
     features: dict[str, np.ndarray] = {}
     encoders: dict[str, str] = {}
     with open_patch_store(patch_h5) as store:
@@ -74,7 +85,9 @@ def embed_slide(
                     sid, scale, meta["scale"], encoder_paths[scale],
                 )  # fmt: skip
             encoders[scale] = meta["encoder_id"]
-            features[scale] = _embed_scale(store, scale, net, meta, batch_size, dev, sid)
+            features[scale] = _embed_scale(
+                store, scale, net, meta, batch_size, dev, sid, threads, decode
+            )
             del net
     dims = {s: f.shape[1] for s, f in features.items()}
     if len(set(dims.values())) > 1:
@@ -99,16 +112,21 @@ def embed_slide(
     }
 
 
-def _embed_scale(store, scale, net, meta, batch_size, dev, sid) -> np.ndarray:
+def _embed_scale(
+    store, scale, net, meta, batch_size, dev, sid, threads=1, decode="auto"
+) -> np.ndarray:
     """(N, D) float32 features of one scale, streamed in batches through ``net``."""
-    out = np.empty((store.n, int(meta["feature_dim"])), dtype=np.float32)
-    batches = store_batches(store, scale, batch_size, pin=dev.type == "cuda")
+    cuda = dev.type == "cuda"
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    out = torch.empty((store.n, int(meta["feature_dim"])), dtype=torch.float32, device=dev)
+    batches = store_batches(store, scale, batch_size, dev, threads, decode)
     steps = -(-store.n // batch_size)
     lo = 0
     with torch.inference_mode():
-        for x in progress(prefetch(batches), f"embed {sid} {scale}", steps):
-            x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, P, P)
-            f = net(normalize(x, meta["mean"], meta["std"]))  # (B, D)
-            out[lo : lo + len(f)] = f.float().cpu().numpy()
+        for x in progress(batches, f"embed {sid} {scale}", steps):  # (B, 3, P, P) uint8
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                f = net(normalize(x, meta["mean"], meta["std"]))  # (B, D)
+            out[lo : lo + len(f)] = f.float()
             lo += len(f)
-    return out
+    return out.cpu().numpy()

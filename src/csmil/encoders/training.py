@@ -4,7 +4,9 @@ The recipe of the CS-MIL authors' SimSiam code (official-implementation.md §3.1
 CVPR 2021, §4): SGD (momentum 0.9, weight decay 1e-4, lr = base_lr × batch/256), linear
 warm-up then cosine decay per step for the encoder (backbone + projector), and a constant
 predictor lr. The authors schedule the cosine over 800 epochs and stop at 200
-(``schedule_epochs`` and ``epochs`` here). AMP is used on CUDA only.
+(``schedule_epochs`` and ``epochs`` here). On CUDA the model runs in bfloat16 autocast with
+channels-last weights and cuDNN autotuning, and the loss is summed on the device and read once
+per epoch (no host synchronisation per step); on the CPU everything is float32.
 
 Data: the patches of one scale from the given patch stores, at most ``max_patches`` of them,
 drawn uniformly without replacement over all stores with the seed (:mod:`csmil.encoders.loader`).
@@ -13,16 +15,31 @@ A run is :func:`train_simsiam`, the steps in order: :func:`load_training_patches
 draw), :func:`build_run` (model, optimiser, augmentation), :func:`train_epoch` per epoch and
 :func:`save_training` (checkpoint and history). The seed fixes the patch draw, the weight
 initialisation, every epoch's order and every augmentation.
+
+Resuming: after every epoch the training state (model, optimiser, scaler, history, the Python,
+NumPy and torch random states, the epoch-order generator and the augmentation generator) is
+written atomically to :func:`resume_path` (``X.pt`` → ``X.resume.pt``). A new run of the same
+job with the same settings and patch stores continues after the last saved epoch and ends
+with the same weights as an uninterrupted run (on the CPU; on CUDA up to non-deterministic
+kernels); a state from other settings is refused. SIGUSR1 and SIGTERM (a SLURM time limit)
+stop the run between two steps, leaving the last epoch's state. The state file is removed once
+the checkpoint is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
+import random
+import signal
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +48,7 @@ import pandas as pd
 import torch
 
 from csmil.encoders.augment import AugmentConfig, BatchAugment, normalize
-from csmil.encoders.loader import PatchSample, prefetch, sample_batches
+from csmil.encoders.loader import PatchSample, sample_batches
 from csmil.encoders.simsiam import (
     BACKBONES,
     SimSiam,
@@ -40,7 +57,7 @@ from csmil.encoders.simsiam import (
     encoder_id,
     save_encoder,
 )
-from csmil.io import write_tsv
+from csmil.io import atomic_path, write_tsv
 from csmil.runtime import progress, seed_everything, select_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -137,10 +154,36 @@ class SimSiamRun:
     steps: int
     lr: float
 
+    threads: int = 1
+    decode: str = "auto"
+
     @property
     def amp(self) -> bool:
-        """Mixed precision (float16 autocast, pinned batches): on CUDA only."""
+        """Mixed precision (bfloat16 autocast, channels-last, pinned batches): CUDA only."""
         return self.device.type == "cuda"
+
+
+class TrainingInterrupted(RuntimeError):
+    """SimSiam training stopped on a signal; re-running the job resumes it."""
+
+
+_STOP = threading.Event()
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Set the stop flag on SIGUSR1 or SIGTERM while training (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOP.clear()
+    sigs = [signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    old = {sig: signal.signal(sig, lambda num, frame: _STOP.set()) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def lr_at(
@@ -166,6 +209,71 @@ def history_path(out_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".history.tsv")
 
 
+def resume_path(out_path: str | os.PathLike) -> Path:
+    """The training state beside an encoder checkpoint: ``X.pt`` → ``X.resume.pt``."""
+    p = Path(out_path)
+    return p.with_name(p.stem + ".resume.pt")
+
+
+def run_fingerprint(settings: SimSiamSettings, patch_stores: Sequence, scale: str) -> str:
+    """Hash of what a run's result depends on: settings, scale and patch store paths."""
+    key = {
+        "settings": asdict(settings), "scale": scale,
+        "patch_stores": [str(Path(p)) for p in patch_stores],
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_state(
+    path: Path, run: SimSiamRun, epoch: int, history: list, rng: np.random.Generator, fp: str
+) -> None:
+    """Write the training state after ``epoch`` atomically (see the module docstring)."""
+    legacy = np.random.get_state()  # noqa: NPY002 - third-party code may use the global RNG
+    state = {
+        "kind": "simsiam-resume", "fingerprint": fp, "epoch": epoch,
+        "history": [dict(r) for r in history],
+        "model": run.model.state_dict(), "opt": run.opt.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": {
+            "python": json.dumps(random.getstate()),
+            "numpy_global": json.dumps([legacy[0], legacy[1].tolist(), *legacy[2:]]),
+            "numpy": json.dumps(rng.bit_generator.state),
+            "torch": torch.get_rng_state(), "gen": run.gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
+        },
+    }  # fmt: skip
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(
+    path: Path, run: SimSiamRun, rng: np.random.Generator, fp: str
+) -> tuple[int, list[dict[str, float]]]:
+    """Restore a saved training state into ``run`` and the generators; return (epoch done,
+    history). Refuses a state written with other settings or patch stores."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("kind") != "simsiam-resume" or state.get("fingerprint") != fp:
+        raise ValueError(
+            f"{path} holds the training state of a run with other settings or patch stores "
+            f"(fingerprint {state.get('fingerprint')!r}, this run {fp!r}); delete it to train "
+            "from epoch 1"
+        )
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["opt"])
+    run.scaler.load_state_dict(state["scaler"])
+    r = state["rng"]
+    py = json.loads(r["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    leg = json.loads(r["numpy_global"])
+    np.random.set_state((leg[0], np.asarray(leg[1], dtype=np.uint32), *leg[2:]))  # noqa: NPY002
+    rng.bit_generator.state = json.loads(r["numpy"])
+    torch.set_rng_state(r["torch"])
+    run.gen.set_state(r["gen"])
+    if r["cuda"] and run.device.type == "cuda":
+        torch.cuda.set_rng_state_all(r["cuda"])
+    return int(state["epoch"]), list(state["history"])
+
+
 def load_training_patches(
     patch_stores: list[Path], scale: str, settings: SimSiamSettings, rng: np.random.Generator
 ) -> PatchSample:
@@ -180,7 +288,13 @@ def load_training_patches(
     return data
 
 
-def build_run(settings: SimSiamSettings, data: PatchSample, dev: torch.device) -> SimSiamRun:
+def build_run(
+    settings: SimSiamSettings,
+    data: PatchSample,
+    dev: torch.device,
+    threads: int = 1,
+    decode: str = "auto",
+) -> SimSiamRun:
     """Batch size, lr, a fresh :class:`SimSiam` on ``dev``, its SGD optimiser, the batch
     augmentation and its generator (seeded with ``settings.seed``).
 
@@ -202,6 +316,8 @@ def build_run(settings: SimSiamSettings, data: PatchSample, dev: torch.device) -
     )  # fmt: skip
     net, dim = build_backbone(settings.backbone, settings.pooling, settings.layers)
     model = SimSiam(net, dim, settings.proj_layers).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     enc_params = [*model.backbone.parameters(), *model.projector.parameters()]
     opt = torch.optim.SGD(
         [{"params": enc_params}, {"params": model.predictor.parameters()}],
@@ -211,13 +327,15 @@ def build_run(settings: SimSiamSettings, data: PatchSample, dev: torch.device) -
         model=model,
         feature_dim=dim,
         opt=opt,
-        scaler=torch.amp.GradScaler("cuda", enabled=dev.type == "cuda"),
+        scaler=torch.amp.GradScaler("cuda", enabled=False),  # bfloat16 needs no loss scaling
         aug=BatchAugment(data.patch_px, settings.augment),
         gen=torch.Generator().manual_seed(settings.seed),
         device=dev,
         batch_size=batch_size,
         steps=steps,
         lr=lr,
+        threads=max(1, int(threads)),
+        decode=decode,
     )
 
 
@@ -231,29 +349,35 @@ def train_epoch(
     """One epoch (1-based ``epoch``) over a fresh permutation of the drawn patches.
 
     Returns the history row: epoch, loss (mean over the epoch's steps, in [-1, 1]), lr (the
-    encoder lr of the last step) and seconds. Raises FloatingPointError on a non-finite loss.
+    encoder lr of the last step) and seconds. Raises FloatingPointError on a non-finite loss
+    and :class:`TrainingInterrupted` when SIGUSR1 or SIGTERM arrived (checked between steps).
     """
-    t0, total = time.perf_counter(), 0.0
+    t0 = time.perf_counter()
+    dev = run.device
+    total = torch.zeros((), dtype=torch.float32, device=dev)  # summed on the device
     run.model.train()
     order = rng.permutation(len(data))
-    batches = prefetch(sample_batches(data, order, run.batch_size, pin=run.amp))
+    batches = sample_batches(data, order, run.batch_size, dev, run.threads, run.decode)
     bar = progress(batches, f"simsiam {data.scale} epoch {epoch}", run.steps)
-    dev = run.device
-    for i, x in enumerate(bar):
+    for i, x in enumerate(bar):  # x: (B, 3, P, P) uint8 on dev
+        if _STOP.is_set():
+            raise TrainingInterrupted(
+                f"SimSiam {data.scale} stopped by a signal in epoch {epoch} (step {i}); "
+                "re-run the job to resume after the last saved epoch"
+            )
         step = (epoch - 1) * run.steps + i
         step_lr = lr_at(step, run.steps, run.lr, settings.warmup_epochs, settings.schedule)
         run.opt.param_groups[0]["lr"] = step_lr  # the predictor group keeps ``lr``
-        x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, P, P) uint8
         v1 = normalize(run.aug(x, run.gen))  # (B, 3, P, P) float32, ImageNet-normalised
         v2 = normalize(run.aug(x, run.gen))
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=run.amp):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.amp):
             loss = run.model(v1, v2)
         run.opt.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.opt)
         run.scaler.update()
-        total += loss.item()
-    mean_loss = total / run.steps
+        total += loss.detach().float()
+    mean_loss = total.item() / run.steps  # the epoch's one read of a device value
     if not math.isfinite(mean_loss):
         raise FloatingPointError(
             f"SimSiam loss became {mean_loss} in epoch {epoch} on scale {data.scale}; "
@@ -303,6 +427,7 @@ def train_simsiam(
     settings: SimSiamSettings | None = None,
     device: str = "auto",
     num_threads: int | None = None,
+    decode: str = "auto",
 ) -> dict[str, Any]:
     """Train a SimSiam encoder on the ``scale`` patches of ``patch_stores``; save its backbone.
 
@@ -315,12 +440,19 @@ def train_simsiam(
         scale: which patches to train on (one encoder per scale).
         out_path: the encoder checkpoint to write (``.pt``).
         settings: :class:`SimSiamSettings` (None: the defaults).
-        device: "auto", "cpu" or "cuda" (AMP float16 and pinned memory on CUDA).
-        num_threads: torch intra-op threads (None: leave as is).
+        device: "auto", "cpu" or "cuda" (bfloat16 autocast and pinned memory on CUDA).
+        num_threads: torch intra-op threads and the loader's decoding threads (None: torch
+            as is, one decoding thread).
+        decode: where patches are decoded, "auto", "cpu" or "cuda" (see
+            :mod:`csmil.encoders.loader`).
+
+    Continues from :func:`resume_path` when a state of the same settings is there (see the
+    module docstring) and removes it at the end.
 
     Returns:
         Summary: encoder_id, n_patches(_available), batch_size, final_loss, patches_per_s
-        (source patches per training second), seconds, device, history path.
+        (source patches per training second), seconds, device, history path,
+        resumed_from_epoch (0 for a fresh start).
     """
     t_start = time.perf_counter()
     settings = settings or SimSiamSettings()
@@ -329,14 +461,26 @@ def train_simsiam(
     if not patch_stores:
         raise ValueError("patch_stores is empty: list the patch stores of the pretraining slides")
     stores = [Path(p) for p in patch_stores]
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     rng = seed_everything(settings.seed)
     data = load_training_patches(stores, scale, settings, rng)
-    run = build_run(settings, data, dev)
+    run = build_run(settings, data, dev, threads=num_threads or 1, decode=decode)
+    state_path, fp = resume_path(out_path), run_fingerprint(settings, patch_stores, scale)
+    done, history = 0, []
+    if state_path.exists():
+        done, history = load_state(state_path, run, rng, fp)
+        log.info("resuming %s from %s: %d of %d epochs done", scale, state_path, done,
+                 settings.epochs)  # fmt: skip
     try:
-        history = [train_epoch(run, data, e, settings, rng) for e in range(1, settings.epochs + 1)]
+        with _stop_on_signals():
+            for e in range(done + 1, settings.epochs + 1):
+                history.append(train_epoch(run, data, e, settings, rng))
+                save_state(state_path, run, e, history, rng, fp)
     finally:
         data.close()
     ckpt = save_training(out_path, run, data, settings, patch_stores, history)
+    state_path.unlink(missing_ok=True)
     train_secs = sum(r["seconds"] for r in history)
     return {
         "out_path": str(out_path), "encoder_id": encoder_id(ckpt), "scale": scale,
@@ -345,5 +489,5 @@ def train_simsiam(
         "final_loss": history[-1]["loss"],
         "patches_per_s": run.steps * run.batch_size * settings.epochs / train_secs,
         "seconds": time.perf_counter() - t_start, "device": str(dev),
-        "history": str(history_path(out_path)),
+        "history": str(history_path(out_path)), "resumed_from_epoch": done,
     }  # fmt: skip
