@@ -11,7 +11,7 @@ rule embed_slide:
         "results/benchmarks/embed_slide/{dataset}/{slide}.tsv"
     conda:
         "../envs/csmil.yaml"
-    threads: 1
+    threads: 2
     resources:
         gpu=1,
         mem_mb=4000,

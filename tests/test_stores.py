@@ -18,11 +18,13 @@ def test_patch_store_roundtrip_streamed(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "s.h5"
     a, b = random_patches(rng, 3), random_patches(rng, 4)
-    with PatchStoreWriter(path, patch_px=8, attrs={"slide_id": "s", "patch_size": 256}) as w:
+    attrs = {"slide_id": "s", "patch_size": 256}
+    with PatchStoreWriter(path, patch_px=8, attrs=attrs, codec="png") as w:  # lossless
         w.append(np.arange(6).reshape(3, 2), a)
         w.append(np.arange(8).reshape(4, 2) + 100, b)
     with open_patch_store(path) as ps:
-        assert ps.n == 7 and ps.patch_px == 8 and ps.scales == SCALES
+        assert ps.n == 7 and ps.patch_px == 8 and ps.scales == SCALES and ps.codec == "png"
+        assert ps.attrs["format_version"] == 2 and len(ps.offsets("20x")) == 8
         assert ps.attrs["slide_id"] == "s"
         assert ps.coords.dtype == np.int64 and ps.coords[3].tolist() == [100, 101]
         np.testing.assert_array_equal(ps.read("10x")[:3], a["10x"])
@@ -31,6 +33,54 @@ def test_patch_store_roundtrip_streamed(tmp_path):
         )
         batches = list(ps.iter_batches("20x", 5))
         assert [len(x) for x in batches] == [5, 2]
+        np.testing.assert_array_equal(np.concatenate(batches)[3:], b["20x"])
+        enc = ps.read_encoded("10x", np.array([6, 1, 6]))
+        assert [bytes(e) for e in enc[::2]] == [bytes(enc[0])] * 2
+
+
+def smooth_patches(rng, n, p):
+    """Patches of smooth colour gradients with a thin green cross, as tissue-like content."""
+    yy, xx = np.mgrid[:p, :p] / p
+    base = rng.uniform(60, 200, (n, 1, 1, 3)) + 40 * np.stack([xx, yy, xx * yy], -1)[None]
+    img = base.copy()
+    img[:, p // 2, :, :] = (90, 200, 90)  # one-pixel green lines
+    img[:, :, p // 2, :] = (90, 200, 90)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("px", [32, 256])
+def test_jpeg_codec_round_trip_keeps_thin_coloured_lines(tmp_path, px):
+    rng = np.random.default_rng(1)
+    pats = {s: smooth_patches(rng, 5, px) for s in SCALES}
+    path = tmp_path / "j.h5"
+    with PatchStoreWriter(path, patch_px=px, quality=90) as w:
+        w.append(np.zeros((5, 2)), pats)
+    with open_patch_store(path) as ps:
+        assert ps.codec == "jpeg" and ps.attrs["jpeg_quality"] == 90
+        got = ps.read("20x").astype(int)
+        raw_bytes = 5 * px * px * 3
+        assert ps.encoded_nbytes("20x") < raw_bytes / (2 if px < 64 else 8)  # compressed
+    ref = pats["20x"].astype(int)
+    assert np.abs(got - ref).mean() < 2.0
+    line = got[:, px // 2, :, :]  # (n, P, 3): the cross keeps its green
+    assert (line[..., 1] - line[..., [0, 2]].max(-1)).mean() > 0.8 * 110
+    with pytest.raises(ValueError, match="patch codec must be one of"):
+        PatchStoreWriter(tmp_path / "x.h5", patch_px=8, codec="webp")
+    with pytest.raises(ValueError, match="quality"):
+        PatchStoreWriter(tmp_path / "x.h5", patch_px=8, quality=0)
+
+
+def test_format_1_store_is_refused_with_retile_message(tmp_path):
+    import h5py
+
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as h5:  # the layout of format 1: raw pixels, gzip
+        h5.create_dataset("coords", data=np.zeros((2, 2), np.int64))
+        h5.create_dataset("patches/20x", data=np.zeros((2, 8, 8, 3), np.uint8), compression="gzip")
+        h5.attrs["format"], h5.attrs["format_version"] = "csmil-patches", 1
+    with pytest.raises(ValueError, match="format-1 patch store") as err:
+        open_patch_store(path)
+    assert str(path) in str(err.value) and "re-run the tile step" in str(err.value)
 
 
 def test_empty_patch_store_is_valid(tmp_path):

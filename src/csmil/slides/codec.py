@@ -32,6 +32,7 @@ patch decodes, so a thread pool scales), and on CUDA with torchvision's batched 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,6 +43,12 @@ from PIL import Image
 CODECS: tuple[str, ...] = ("jpeg", "png")
 DEFAULT_CODEC = "jpeg"
 DEFAULT_QUALITY = 90
+
+# torchvision >= 0.29 warns that its image codecs will move to TorchCodec; they are still there
+# and are the decoders shared by the CPU and the CUDA path.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning
+)
 
 
 def check_codec(codec: str, quality: int) -> None:
