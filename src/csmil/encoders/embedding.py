@@ -26,7 +26,7 @@ from csmil.encoders.featurestore import write_features
 from csmil.encoders.loader import store_batches
 from csmil.encoders.simsiam import load_encoder
 from csmil.runtime import progress, select_device, set_threads
-from csmil.slides.patchstore import open_patch_store
+from csmil.slides.patchstore import PatchStore, open_patch_store
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def embed_slide(
                     sid, scale, meta["scale"], encoder_paths[scale],
                 )  # fmt: skip
             encoders[scale] = meta["encoder_id"]
-            features[scale] = _embed_scale(
+            features[scale] = embed_scale(
                 store, scale, net, meta, batch_size, dev, sid, threads, decode
             )
             del net
@@ -112,10 +112,19 @@ def embed_slide(
     }
 
 
-def _embed_scale(
-    store, scale, net, meta, batch_size, dev, sid, threads=1, decode="auto"
+def embed_scale(
+    store: PatchStore,
+    scale: str,
+    net: torch.nn.Module,
+    meta: Mapping[str, Any],
+    batch_size: int,
+    dev: torch.device,
+    sid: str,
+    threads: int = 1,
+    decode: str = "auto",
 ) -> np.ndarray:
-    """(N, D) float32 features of one scale, streamed in batches through ``net``."""
+    """(N, D) float32 features of one scale of an open store, streamed in batches through
+    ``net`` (an encoder from :func:`csmil.encoders.simsiam.load_encoder` on ``dev``)."""
     cuda = dev.type == "cuda"
     if cuda:
         net = net.to(memory_format=torch.channels_last)

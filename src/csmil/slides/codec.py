@@ -19,10 +19,13 @@ tint G - (R + B) / 2, and bytes per patch)::
     256       q90 4:4:4       5.7       3.0        0.97       36,508
     256       q95 4:4:4       3.0       2.0        0.99       53,617
 
-4:2:0 turns the crosses' tint around at any quality; 4:4:4 keeps it from quality 90 at 64 px
-and from 85 at 256 px (a cross spans 4x more pixels there). The default is 4:4:4 at quality
-90 (``tiling.jpeg_quality``; the paper's 256 px config uses 85); ``tiling.patch_codec: png``
-keeps every pixel at about 3-6x the size.
+4:2:0 turns the crosses' tint around at any quality; 4:4:4 keeps most of it from quality 90
+at 64 px and from 80 at 256 px (a cross spans 4x more pixels there). Store sizes of the four
+default toy slides at 256 px (``benchmarks/bench_store.py``; the format-1 layout of raw pixels
+with gzip takes 328 KB per tile, 13.3x the slides): q90 86 KB per tile (3.5x the slides), q85
+75 KB (3.0x), q80 63 KB (2.6x). The default is 4:4:4 at quality 90 (``tiling.jpeg_quality``),
+for the 64 px patches of the default config; the paper's 256 px config uses 80.
+``tiling.patch_codec: png`` keeps every pixel at about 3-6x the size.
 
 Decoding: on the CPU with torchvision.io (libjpeg-turbo / libpng; the GIL is released while a
 patch decodes, so a thread pool scales), and on CUDA with torchvision's batched nvJPEG decode

@@ -43,7 +43,7 @@ from csmil.slides.codec import (
 
 FORMAT = "csmil-patches"
 FORMAT_VERSION = 2
-_BYTES_CHUNK = 2**20  # 1 MiB chunks of the encoded-bytes datasets
+_BYTES_CHUNK = 2**16  # 64 KiB chunks: the last, partly filled chunk of a scale wastes little
 
 
 class PatchStoreWriter:

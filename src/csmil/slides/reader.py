@@ -122,11 +122,12 @@ def read_region_rgb(
     ``level``. Parts outside the slide (transparent in OpenSlide's RGBA) come back white.
     """
     rgba = np.asarray(slide.read_region((int(location[0]), int(location[1])), level, size))
-    rgb, alpha = rgba[..., :3], rgba[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.float32) / 255.0
-    return (rgb * a + 255.0 * (1.0 - a)).round().astype(np.uint8)
+    rgb, alpha = np.ascontiguousarray(rgba[..., :3]), rgba[..., 3]
+    clear = alpha < 255
+    if clear.any():  # blend only the (few) transparent pixels onto white
+        a = alpha[clear][:, None].astype(np.float32) / 255.0
+        rgb[clear] = (rgb[clear] * a + 255.0 * (1.0 - a)).round().astype(np.uint8)
+    return rgb
 
 
 def slide_thumbnail(
