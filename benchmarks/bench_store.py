@@ -80,6 +80,11 @@ def store_sizes(d: Path, patch_px: int, qualities: list[int], threads: int) -> N
 
 
 def _maxrss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would include the parent's
+    peak from before the exec), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

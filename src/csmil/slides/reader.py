@@ -130,6 +130,20 @@ def read_region_rgb(
     return rgb
 
 
+def read_region_image(
+    slide: openslide.OpenSlide, location: tuple[int, int], level: int, size: tuple[int, int]
+) -> Image.Image:
+    """As :func:`read_region_rgb`, as a PIL RGB image (no NumPy copies on the way).
+
+    Parts outside the slide (transparent) come back white.
+    """
+    rgba = slide.read_region((int(location[0]), int(location[1])), level, size)
+    if rgba.getchannel("A").getextrema()[0] < 255:
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgba = Image.alpha_composite(white, rgba)
+    return rgba.convert("RGB")
+
+
 def slide_thumbnail(
     slide: openslide.OpenSlide, max_side: int | None = None, downsample: float | None = None
 ) -> tuple[np.ndarray, float]:

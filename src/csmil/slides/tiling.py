@@ -35,7 +35,7 @@ from csmil import MPP_20X, SCALE_FIELD_PX_20X, SCALES
 from csmil.runtime import progress
 from csmil.slides.codec import DEFAULT_CODEC, DEFAULT_QUALITY, check_codec, encode_patch
 from csmil.slides.patchstore import PatchStoreWriter
-from csmil.slides.reader import best_level_for, open_slide, read_region_rgb, slide_mpp
+from csmil.slides.reader import best_level_for, open_slide, read_region_image, slide_mpp
 from csmil.slides.tissue import TissueParams, slide_tissue_mask
 
 log = logging.getLogger(__name__)
@@ -292,10 +292,10 @@ def _read_regions(
         ly0 = math.floor((cy.min() - half) / ds)
         lx1 = math.ceil((cx.max() + half) / ds)
         ly1 = math.ceil((cy.max() + half) / ds)
-        region = read_region_rgb(
+        region = read_region_image(
             slide, (round(lx0 * ds), round(ly0 * ds)), level, (lx1 - lx0, ly1 - ly0)
         )
-        out[level] = (Image.fromarray(region), (lx0, ly0))
+        out[level] = (region, (lx0, ly0))
     return out
 
 
@@ -305,7 +305,8 @@ def _cut_field(
     """The field of ``plan`` centred on level-0 (x, y), cut from a region read at the plan's
     level whose top-left is ``origin`` (level px), as a ``patch_px`` square image.
 
-    A field that maps 1:1 onto whole pixels is cropped; any other is box-resampled.
+    A field on whole pixels is cropped when it maps 1:1 onto ``patch_px`` and block-averaged
+    (``Image.reduce``) when it is an integer multiple of it; any other is box-resampled.
     """
     ds, half = plan.level_downsample, plan.field_level0_px / 2.0
     w, h = img.size
@@ -315,7 +316,9 @@ def _cut_field(
         min(float(w), (x + half) / ds - origin[0]),
         min(float(h), (y + half) / ds - origin[1]),
     )
-    whole = all(float(v).is_integer() for v in box)
-    if whole and box[2] - box[0] == patch_px and box[3] - box[1] == patch_px:
-        return img.crop(tuple(int(v) for v in box))
+    side, whole = box[2] - box[0], all(float(v).is_integer() for v in box)
+    if whole and side == box[3] - box[1] and side % patch_px == 0:
+        ibox = tuple(int(v) for v in box)
+        k = int(side) // patch_px
+        return img.crop(ibox) if k == 1 else img.reduce(k, box=ibox)
     return img.resize((patch_px, patch_px), Image.Resampling.BOX, box=box)
