@@ -33,8 +33,11 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iter
     """A tqdm progress bar that animates on a terminal and logs sparse lines otherwise.
 
     In a job whose stderr is a log file, carriage-return updates would fill the file, so there
-    the bar only prints about every 10% (``mininterval`` of 30 s).
+    the bar only prints about every 10% (``mininterval`` of 30 s). ``CSMIL_NO_PROGRESS=1``
+    turns bars off.
     """
+    if os.environ.get("CSMIL_NO_PROGRESS") == "1":
+        return iterable  # no bar at all (and no tqdm import)
     from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty()

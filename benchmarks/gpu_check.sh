@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The encoders' data path on a CUDA machine, in about 5 minutes. Run from the repository root:
+#
+#   bash benchmarks/gpu_check.sh            # results also in $OUT (default ./gpu_check_out)
+#
+# Needs python with torch, torchvision, h5py, numpy, pandas, scikit-learn, pillow (no
+# OpenSlide, Snakemake or tqdm). Each step has its own time limit; a failed step does not stop
+# the others. Steps: the loader by threads (CPU decode and nvJPEG), embedding and SimSiam at
+# 256 px with ResNet-50 (pipeline vs the model alone, bf16 + channels-last), CUDA checks, and
+# the unit tests with CUDA branches when pytest is there.
+set -u
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}src"
+export PYTHONUNBUFFERED=1 CSMIL_NO_PROGRESS=1
+OUT="${OUT:-gpu_check_out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+CORES="$(nproc)"
+T0=$(date +%s)
+FAILED=()
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local t=$(date +%s)
+  echo "=== $name (limit ${limit}s) $(date -u +%H:%M:%S)" | tee -a "$OUT/summary.txt"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc in $(( $(date +%s) - t ))s" | tee -a "$OUT/summary.txt"
+  [ "$rc" -eq 0 ] || FAILED+=("$name")
+}
+
+{
+  nvidia-smi -L || true
+  "$PY" -c "import torch, torchvision, sys; print(sys.version.split()[0], torch.__version__, torchvision.__version__, torch.cuda.get_device_name())" || true
+  echo "cores $CORES, load $(cut -d' ' -f1-3 /proc/loadavg)"
+} 2>&1 | tee "$OUT/machine.txt"
+
+step loader 75 "$PY" benchmarks/bench_loader.py --patch-px 256 --n-patches 2048 \
+  --threads 1 2 4 8 "$CORES" --repeats 2
+step encoders 210 "$PY" benchmarks/bench_encoder.py --patch-px 256 --backbone resnet50 \
+  --n-patches 6144 --batch-size 128 --embed-batch-size 128 --epochs 3 \
+  --threads "$CORES" --decode cuda cpu
+step cuda_checks 60 "$PY" benchmarks/cuda_checks.py
+if "$PY" -c "import pytest" 2>/dev/null; then
+  step unit_tests 120 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not slurm" \
+    tests/test_loader.py tests/test_embed.py tests/test_resume.py tests/test_simsiam.py
+else
+  echo "=== unit_tests: pytest is not installed; skipped (cuda_checks covers the CUDA paths)" \
+    | tee -a "$OUT/summary.txt"
+fi
+
+echo "=== total $(( $(date +%s) - T0 ))s; failed steps: ${FAILED[*]:-none}" | tee -a "$OUT/summary.txt"
+grep -h -A8 "^step \|^reader " "$OUT/encoders.txt" "$OUT/loader.txt" 2>/dev/null | tee -a "$OUT/summary.txt"
