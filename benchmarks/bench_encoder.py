@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -135,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    mode = f"{torch.cuda.get_device_name()}, bf16 + channels-last" if dev.type == "cuda" else "fp32"
     print(
         f"encoders: backbone {args.backbone}, patch_px {args.patch_px}, {args.n_patches} "
-        f"patches, threads {args.threads}, device {dev}"
-        f"{' (' + torch.cuda.get_device_name() + ', bf16 + channels-last)' if dev.type == 'cuda' else ' (fp32)'}, "
-        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus, torch {torch.__version__}",
+        f"patches, threads {args.threads}, device {dev} ({mode}), load average "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus, torch {torch.__version__}",
         flush=True,
     )
     rows = []

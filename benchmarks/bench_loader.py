@@ -49,7 +49,9 @@ def write_store(path: Path, pixels: np.ndarray, threads: int, quality: int = 90)
     n = len(pixels)
     with PatchStoreWriter(path, patch_px=pixels.shape[1], attrs={"slide_id": "bench"}) as w:
         for lo in range(0, n, 1024):
-            coords = np.stack([np.arange(lo, min(n, lo + 1024)) * 256, np.zeros(min(1024, n - lo))], 1)
+            coords = np.stack(
+                [np.arange(lo, min(n, lo + 1024)) * 256, np.zeros(min(1024, n - lo))], 1
+            )
             w.append_encoded(coords, {s: blobs[lo : lo + 1024] for s in SCALES})
     return path
 
@@ -113,16 +115,21 @@ def main(argv: list[str] | None = None) -> None:
         pixels = toy_pixels(args.n_patches, args.patch_px)
         store = write_store(d / "f2.h5", pixels, max(args.threads), args.quality)
         old = write_format1(d / "f1.h5", pixels)
-        print(f"bytes per patch: format 2 jpeg q{args.quality} {store.stat().st_size / 3 / len(pixels):,.0f}, "
+        per_patch = store.stat().st_size / 3 / len(pixels)
+        print(f"bytes per patch: format 2 jpeg q{args.quality} {per_patch:,.0f}, "
               f"format 1 {old.stat().st_size / len(pixels):,.0f}")  # fmt: skip
         base = max(rate_format1(old, args.batch_size) for _ in range(args.repeats))
-        print(f"{'reader':<34}{'threads':>8}{'patches/s':>11}{'vs format 1':>13}{'vs 1 thread':>13}")
+        print(
+            f"{'reader':<34}{'threads':>8}{'patches/s':>11}{'vs format 1':>13}{'vs 1 thread':>13}"
+        )
         print(f"{'format 1 (gzip, h5py)':<34}{1:>8}{base:>11.0f}{1.0:>12.2f}x{'':>13}")
         modes = ["cpu"] + (["cuda"] if dev.type == "cuda" else [])
         for mode in modes:
             one = None
             for t in args.threads:
-                r = max(rate_loader(store, args.batch_size, t, dev, mode) for _ in range(args.repeats))
+                r = max(
+                    rate_loader(store, args.batch_size, t, dev, mode) for _ in range(args.repeats)
+                )
                 one = one or r
                 name = f"format 2 loader, decode {mode}"
                 print(f"{name:<34}{t:>8}{r:>11.0f}{r / base:>12.2f}x{r / one:>12.2f}x")

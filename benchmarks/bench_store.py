@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     setup_logging(level=40)
     os.environ.setdefault("CSMIL_NO_PROGRESS", "1")
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus; python {sys.version.split()[0]}")
+    load, py = os.getloadavg()[0], sys.version.split()[0]
+    print(f"load average {load:.2f} on {os.cpu_count()} cpus; python {py}")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         if not args.skip_sizes:

@@ -51,14 +51,16 @@ def main() -> int:
             f_gpu = embed_scale(st, "20x", net_c, meta, 32, dev, "check", 2, "cpu")
             net_0, meta = load_encoder(d / "e.pt", "cpu")
             f_cpu = embed_scale(st, "20x", net_0, meta, 32, torch.device("cpu"), "check")
-        cos = np.sum(f_gpu * f_cpu, 1) / (np.linalg.norm(f_gpu, axis=1) * np.linalg.norm(f_cpu, axis=1))
+        cos = np.sum(f_gpu * f_cpu, 1) / (
+            np.linalg.norm(f_gpu, axis=1) * np.linalg.norm(f_cpu, axis=1)
+        )
         results.append(check("bf16 CUDA features vs fp32 CPU", f_gpu.dtype == np.float32
                              and cos.min() > 0.99, f"min cosine {cos.min():.4f}"))  # fmt: skip
         s = SimSiamSettings(epochs=2, batch_size=32, warmup_epochs=0, schedule_epochs=None)
         out = d / "enc.pt"
         r = train_simsiam([store], "20x", out, s, device="cuda", num_threads=2)
-        results.append(check("SimSiam on CUDA", np.isfinite(r["final_loss"]) and out.exists()
-                             and not resume_path(out).exists(), f"loss {r['final_loss']:.4f}"))  # fmt: skip
+        ok = np.isfinite(r["final_loss"]) and out.exists() and not resume_path(out).exists()
+        results.append(check("SimSiam on CUDA", ok, f"loss {r['final_loss']:.4f}"))
     return 0 if all(results) else 1
 
 

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.encoders.loader import PatchSample, prefetch, resolve_decode, sample_batches, store_batches
+from csmil.encoders.loader import (
+    PatchSample,
+    prefetch,
+    resolve_decode,
+    sample_batches,
+    store_batches,
+)
 from csmil.slides.patchstore import PatchStoreWriter, open_patch_store
 
 PX = 24

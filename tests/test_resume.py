@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_simsiam import make_store
 
 from csmil.encoders.simsiam import load_encoder
 from csmil.encoders.training import SimSiamSettings, resume_path, train_simsiam
-from test_simsiam import make_store
 
 SETTINGS = dict(epochs=8, batch_size=8, max_patches=16, warmup_epochs=1, schedule_epochs=None)
 

@@ -38,7 +38,9 @@ T = TypeVar("T")
 DECODES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
-def prefetch(jobs: Iterable[Callable[[], T]], threads: int = 1, depth: int | None = None) -> Iterator[T]:
+def prefetch(
+    jobs: Iterable[Callable[[], T]], threads: int = 1, depth: int | None = None
+) -> Iterator[T]:
     """Run ``jobs`` on ``threads`` threads and yield their results in order.
 
     At most ``depth`` jobs (default ``threads + 1``) are submitted ahead of the one being
@@ -62,7 +64,7 @@ def prefetch(jobs: Iterable[Callable[[], T]], threads: int = 1, depth: int | Non
 
 
 def resolve_decode(decode: str, codec: str, device: torch.device) -> str:
-    """"cpu" or "cuda": where a batch of ``codec`` patches is decoded for ``device``."""
+    """ "cpu" or "cuda": where a batch of ``codec`` patches is decoded for ``device``."""
     if decode not in DECODES:
         raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
     if decode == "auto":

@@ -106,7 +106,8 @@ class PatchStoreWriter:
                     f" got {arr.dtype} {arr.shape}"
                 )
         encoded = {
-            s: [encode_patch(p, self.codec, self.quality) for p in arr] for s, arr in patches.items()
+            s: [encode_patch(p, self.codec, self.quality) for p in arr]
+            for s, arr in patches.items()
         }
         self.append_encoded(coords, encoded)
 
