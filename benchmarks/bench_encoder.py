@@ -91,6 +91,9 @@ def simsiam_model_alone(backbone: str, batch: int, px: int, dev, steps: int) -> 
             sync(dev)
             t0 = time.perf_counter()
         v1, v2 = normalize(aug(x, gen)), normalize(aug(x, gen))
+        if cuda:
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2 = v2.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
             loss = model(v1, v2)
         opt.zero_grad(set_to_none=True)

@@ -47,7 +47,8 @@ def write_store(path: Path, pixels: np.ndarray, threads: int, quality: int = 90)
     with ThreadPoolExecutor(threads) as pool:
         blobs = list(pool.map(lambda p: encode_patch(p, "jpeg", quality), pixels))
     n = len(pixels)
-    with PatchStoreWriter(path, patch_px=pixels.shape[1], attrs={"slide_id": "bench"}) as w:
+    attrs = {"slide_id": "bench"}
+    with PatchStoreWriter(path, patch_px=pixels.shape[1], attrs=attrs, quality=quality) as w:
         for lo in range(0, n, 1024):
             coords = np.stack(
                 [np.arange(lo, min(n, lo + 1024)) * 256, np.zeros(min(1024, n - lo))], 1

@@ -15,6 +15,11 @@ OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 CORES="$(nproc)"
+# Sizes (smaller ones only to try the script on a CPU, e.g. PX=32 BACKBONE=resnet18 N=64).
+PX="${PX:-256}"
+BACKBONE="${BACKBONE:-resnet50}"
+N="${N:-6144}"
+DECODES="${DECODES:-cuda cpu}"  # loader decode modes of the encoder benchmark
 T0=$(date +%s)
 FAILED=()
 
@@ -23,7 +28,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   shift 2
   local t=$(date +%s)
   echo "=== $name (limit ${limit}s) $(date -u +%H:%M:%S)" | tee -a "$OUT/summary.txt"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
   local rc=${PIPESTATUS[0]}
   echo "=== $name: exit $rc in $(( $(date +%s) - t ))s" | tee -a "$OUT/summary.txt"
   [ "$rc" -eq 0 ] || FAILED+=("$name")
@@ -35,14 +40,14 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   echo "cores $CORES, load $(cut -d' ' -f1-3 /proc/loadavg)"
 } 2>&1 | tee "$OUT/machine.txt"
 
-step loader 75 "$PY" benchmarks/bench_loader.py --patch-px 256 --n-patches 2048 \
+step loader 80 "$PY" benchmarks/bench_loader.py --patch-px "$PX" --n-patches $((N / 3)) \
   --threads 1 2 4 8 "$CORES" --repeats 2
-step encoders 210 "$PY" benchmarks/bench_encoder.py --patch-px 256 --backbone resnet50 \
-  --n-patches 6144 --batch-size 128 --embed-batch-size 128 --epochs 3 \
-  --threads "$CORES" --decode cuda cpu
-step cuda_checks 60 "$PY" benchmarks/cuda_checks.py
+step encoders 160 "$PY" benchmarks/bench_encoder.py --patch-px "$PX" --backbone "$BACKBONE" \
+  --n-patches "$N" --batch-size 128 --embed-batch-size 128 --epochs 3 \
+  --threads "$CORES" --decode $DECODES
+step cuda_checks 45 "$PY" benchmarks/cuda_checks.py
 if "$PY" -c "import pytest" 2>/dev/null; then
-  step unit_tests 120 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not slurm" \
+  step unit_tests 70 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not slurm" \
     tests/test_loader.py tests/test_embed.py tests/test_resume.py tests/test_simsiam.py
 else
   echo "=== unit_tests: pytest is not installed; skipped (cuda_checks covers the CUDA paths)" \

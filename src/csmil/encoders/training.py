@@ -370,6 +370,9 @@ def train_epoch(
         run.opt.param_groups[0]["lr"] = step_lr  # the predictor group keeps ``lr``
         v1 = normalize(run.aug(x, run.gen))  # (B, 3, P, P) float32, ImageNet-normalised
         v2 = normalize(run.aug(x, run.gen))
+        if run.amp:  # the views come out of grid_sample contiguous; the model is channels-last
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2 = v2.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.amp):
             loss = run.model(v1, v2)
         run.opt.zero_grad(set_to_none=True)
