@@ -47,7 +47,8 @@ step encoders 160 "$PY" benchmarks/bench_encoder.py --patch-px "$PX" --backbone 
   --threads "$CORES" --decode $DECODES
 step cuda_checks 45 "$PY" benchmarks/cuda_checks.py
 if "$PY" -c "import pytest" 2>/dev/null; then
-  step unit_tests 70 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not slurm" \
+  step unit_tests 70 "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
+    -m "not slow and not slurm" \
     tests/test_loader.py tests/test_embed.py tests/test_resume.py tests/test_simsiam.py
 else
   echo "=== unit_tests: pytest is not installed; skipped (cuda_checks covers the CUDA paths)" \
