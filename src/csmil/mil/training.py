@@ -68,9 +68,9 @@ from csmil.mil.models import (
     save_mil_checkpoint,
 )
 from csmil.mil.results import (
-    ATTENTION_COLUMNS,
     HISTORY_COLUMNS,
-    PREDICTION_COLUMNS,
+    empty_attention,
+    predictions_table,
     write_attention,
     write_history,
     write_predictions,
@@ -320,18 +320,13 @@ def score_test_patients(
     else:
         log.warning("fold %d has no test patients: writing empty predictions", fold)
         probs = np.zeros((0, n_test_bags))
-        attention = pd.DataFrame(columns=list(ATTENTION_COLUMNS))
-    preds = pd.DataFrame(
-        {
-            "patient_id": [source.patients[w].patient_id for w in test_w],
-            "label": source.labels[test_w],
-            "fold": int(fold),
-            "prob": probs.mean(axis=1),
-            "prob_median": np.median(probs, axis=1),
-            "prob_max": probs.max(axis=1, initial=0.0),
-            "n_patches": [source.patients[w].n for w in test_w],
-        },
-        columns=list(PREDICTION_COLUMNS),
+        attention = empty_attention()
+    preds = predictions_table(
+        [source.patients[w].patient_id for w in test_w],
+        source.labels[test_w],
+        fold,
+        probs,
+        [source.patients[w].n for w in test_w],
     )
     return preds, attention
 
