@@ -240,7 +240,7 @@ def test_attention_is_averaged_over_the_bags_a_patch_appears_in():
 
 
 def test_default_clustering_follows_the_model():
-    from csmil.mil.training import default_clustering
+    from csmil.mil.methods import default_clustering
 
     assert default_clustering("deepattnmisl", {"scale": "5x"}) == "5x"
     assert default_clustering("deepattnmisl", {}) == "20x"
