@@ -385,10 +385,19 @@ def predict_inputs(wildcards):
 def all_targets():
     """Every result of a run: the rules' own outputs (rules.<name>.output), per dataset and
     method where they have wildcards."""
-    per_dataset = [rules.compare.output, rules.roc_pr.output, rules.attention_maps.output]
+    per_dataset = [
+        rules.compare.output,
+        rules.roc_pr.output,
+        rules.attention_maps.output,
+    ]
     targets = expand(rules.evaluate.output.metrics, dataset=DATASETS, method=METHODS)
     targets += expand([str(out[0]) for out in per_dataset], dataset=DATASETS)
-    summaries = [rules.comparison_tables, rules.table4, rules.table6, rules.scale_attention]
+    summaries = [
+        rules.comparison_tables,
+        rules.table4,
+        rules.table6,
+        rules.scale_attention,
+    ]
     if TOY_DATASETS:
         summaries += [rules.table5, rules.attention_localisation]
     return targets + [str(f) for rule in summaries for f in rule.output]
