@@ -383,24 +383,21 @@ def predict_inputs(wildcards):
 
 
 def all_targets():
-    targets = [fill(METRICS, dataset=ds, method=m) for ds in DATASETS for m in METHODS]
-    targets += [fill(COMPARE, dataset=ds) for ds in DATASETS]
-    targets += [
-        fill(TABLE, table=f"table{n}.{ext}")
-        for n in (1, 2, 3, 4, 6)
-        for ext in ("csv", "md")
+    """Every result of a run: the rules' own outputs (rules.<name>.output), per dataset and
+    method where they have wildcards."""
+    per_dataset = [
+        rules.compare.output,
+        rules.roc_pr.output,
+        rules.attention_maps.output,
     ]
-    for ds in DATASETS:
-        targets += [
-            fill(ROC_PR, dataset=ds),
-            fill(SCALE_ATTENTION_PLOT, dataset=ds),
-            fill(ATTENTION_MAPS, dataset=ds),
-        ]
-    targets += [
-        fill(TABLE, table="scale_attention.csv"),
-        fill(TABLE, table="scale_attention_tests.csv"),
+    targets = expand(rules.evaluate.output.metrics, dataset=DATASETS, method=METHODS)
+    targets += expand([str(out[0]) for out in per_dataset], dataset=DATASETS)
+    summaries = [
+        rules.comparison_tables,
+        rules.table4,
+        rules.table6,
+        rules.scale_attention,
     ]
     if TOY_DATASETS:
-        targets += [fill(TABLE, table="table5.csv"), fill(TABLE, table="table5.md")]
-        targets.append(fill(TABLE, table="attention_localisation.csv"))
-    return targets
+        summaries += [rules.table5, rules.attention_localisation]
+    return targets + [str(f) for rule in summaries for f in rule.output]

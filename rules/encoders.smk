@@ -31,7 +31,7 @@ rule train_encoder:
         warmup_epochs=config["encoder"]["warmup_epochs"],
         schedule_epochs=config["encoder"]["schedule_epochs"],
         max_patches=config["encoder"]["max_patches"],
-        augment=config["encoder"].get("augment", {}),
+        augment=config["encoder"]["augment"],
         seed=lambda w: stage_seed("encoder", w.group),
     script:
         "../workflow_scripts/train_encoder.py"

@@ -2,10 +2,10 @@
 depends on it, and changing a setting of one stage re-runs that stage and what follows.
 
 The cohort is a handful of toy slides written to a temporary folder and listed in a sample
-sheet, as a lab would list its own slides; the settings are those of tests/config/tiny.yaml.
+sheet, as a lab would list its own slides; the settings are config.yaml with the overlay
+tests/config/tiny.yaml.
 """
 
-import copy
 import hashlib
 import os
 import re
@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from csmil.config import load_config
 from csmil.toy.generator import make_toy_slide, toy_sample_sheet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def write_setup(base: Path, rows: pd.DataFrame, name: str, **changes) -> Path:
     """A sample sheet of ``rows`` and a configuration (tiny settings) that points to it."""
     samples = base / f"{name}.tsv"
     rows.to_csv(samples, sep="\t", index=False)
-    config = copy.deepcopy(yaml.safe_load(TINY.read_text()))
+    config = load_config(ROOT / "config.yaml", TINY)  # the overlay merged, then replaced below
     config["datasets"] = {DATASET: {"samples": str(samples)}}
     config["mil"]["methods"] = METHODS
     for dotted, value in changes.items():

@@ -27,6 +27,8 @@ import pytest
 import yaml
 from slurm_cluster import SlurmCluster, missing_commands
 
+from csmil.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
@@ -204,7 +206,7 @@ def test_cluster_without_accounting_uses_squeue_and_gres(tmp_path):
 
 def tiny_one_cohort(path: Path) -> Path:
     """tests/config/tiny.yaml with its first cohort only and two MIL methods."""
-    config = yaml.safe_load(TINY.read_text())
+    config = load_config(ROOT / "config.yaml", TINY)
     first = next(iter(config["datasets"]))
     config["datasets"] = {first: config["datasets"][first]}
     config["mil"]["methods"] = ["csmil", "deepattnmisl_20x"]

@@ -2,7 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csmil.mil.splits import assign_folds, fold_partition, ledger_path, update_splits
+from csmil.io import write_tsv
+from csmil.mil.splits import (
+    assign_folds,
+    fold_partition,
+    ledger_path,
+    read_splits,
+    update_splits,
+)
 
 
 def cohort(n_pos, n_neg, start=0):
@@ -81,3 +88,15 @@ def test_fold_partition_convention():
         fold_partition(splits.assign(fold=[0, 1] * 3), 0)
     with pytest.raises(ValueError, match="fold must be in"):
         fold_partition(splits, 4)
+
+
+def test_read_splits_keeps_ids_as_text_and_checks_columns(tmp_path):
+    out = tmp_path / "splits.tsv"
+    df = cohort(3, 3).assign(patient_id=["007", "010", "1e3", "a", "b", "c"])
+    written = update_splits(df, out, n_folds=3, seed=0)
+    back = read_splits(out)
+    pd.testing.assert_frame_equal(back, written)
+    pd.testing.assert_frame_equal(read_splits(ledger_path(out)), written)
+    write_tsv(df[["patient_id"]], tmp_path / "bad.tsv")
+    with pytest.raises(ValueError, match=r"bad.tsv: missing columns \['label', 'fold'\]"):
+        read_splits(tmp_path / "bad.tsv")

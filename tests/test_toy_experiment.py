@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "tests" / "config" / "toy_experiment.yaml"
+CONFIG = ROOT / "tests" / "config" / "toy_experiment.yaml"  # an overlay on config.yaml
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 def results(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("toy_experiment")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(CONFIG), "--cores", "2", "--scheduler", "greedy"]  # fmt: skip
+           "--configfile", str(ROOT / "config.yaml"), str(CONFIG),
+           "--cores", "2", "--scheduler", "greedy"]  # fmt: skip
     env = {**os.environ, "CSMIL_NO_PROGRESS": "1"}
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=2400, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -240,7 +240,7 @@ def test_attention_is_averaged_over_the_bags_a_patch_appears_in():
 
 
 def test_default_clustering_follows_the_model():
-    from csmil.mil.training import default_clustering
+    from csmil.mil.methods import default_clustering
 
     assert default_clustering("deepattnmisl", {"scale": "5x"}) == "5x"
     assert default_clustering("deepattnmisl", {}) == "20x"
@@ -280,3 +280,16 @@ def test_standardise_stores_the_training_patients_statistics(tmp_path):
     model, meta = load_mil_checkpoint(tmp_path / "model.pt")
     assert (model.feature_mean == 0).all() and (model.feature_std == 1).all()
     assert meta["config"]["standardise"] is False
+
+
+def test_settings_refuse_bad_values_and_a_variant_bag_mode_overrides_them(tmp_path):
+    with pytest.raises(ValueError, match="accumulate, epochs and n_test_bags must be >= 1"):
+        TrainSettings(epochs=0)
+    with pytest.raises(ValueError, match="bag_mode must be one of"):
+        TrainSettings(bag_mode="random")
+    patients, splits = make_cohort(n_patients=12)
+    settings = TrainSettings(epochs=1, n_test_bags=2)
+    train_fold(patients, splits, 0, "csmil", {"bag_mode": "naive"}, settings=settings,
+               out_dir=tmp_path, num_threads=1)  # fmt: skip
+    _, meta = load_mil_checkpoint(tmp_path / "model.pt")
+    assert meta["config"]["bag_mode"] == "naive" and settings.bag_mode == "cluster"

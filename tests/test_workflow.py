@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tiny settings: an overlay on config.yaml, merged by Snakemake in this order.
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
+CONFIGS = [str(ROOT / "config.yaml"), str(TINY)]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 pytestmark = pytest.mark.slow
@@ -25,7 +27,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
         "-d",
         str(workdir),
         "--configfile",
-        str(TINY),
+        *CONFIGS,
         "--cores",
         "2",
         *args,

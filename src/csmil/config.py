@@ -2,11 +2,18 @@
 
 The workflow validates ``config.yaml`` and every sample sheet before any job runs; the same
 functions serve the command line. Errors name the file, the key or the row, and the fix.
+
+``config.yaml`` holds every setting; the files of ``configs/`` and ``tests/config/`` are
+overlays holding only what differs. :func:`load_config` merges them as Snakemake merges
+``--configfile`` files on top of the workflow's ``configfile:`` (:func:`merge_overlay`).
+This module reads configuration only; it imports no pipeline stage.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,7 @@ def _apply_defaults(instance: Any, schema: dict) -> None:
         return
     for key, sub in schema.get("properties", {}).items():
         if "default" in sub and key not in instance:
-            instance[key] = sub["default"]
+            instance[key] = copy.deepcopy(sub["default"])
         if key in instance:
             _apply_defaults(instance[key], sub)
     extra = schema.get("additionalProperties")
@@ -60,14 +67,31 @@ def validate_config(config: dict, schema_dir: str | os.PathLike | None = None) -
     return config
 
 
-def load_config(path: str | os.PathLike) -> dict:
-    """Read and validate a YAML configuration file."""
-    with open(path) as fh:
-        config = yaml.safe_load(fh) or {}
+def merge_overlay(base: dict, overlay: Mapping) -> dict:
+    """``base`` updated in place by ``overlay``, as Snakemake merges ``--configfile`` files:
+    a mapping is merged key by key (recursively), any other value (a list, a number)
+    replaces the base's. An overlay can therefore add or change keys but not remove them."""
+    for key, value in overlay.items():
+        if isinstance(value, Mapping):
+            node = base.get(key)
+            base[key] = merge_overlay(node if isinstance(node, dict) else {}, value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def load_config(path: str | os.PathLike, *overlays: str | os.PathLike) -> dict:
+    """Read a YAML configuration file, merge ``overlays`` on top (:func:`merge_overlay`), in
+    order, and validate the result."""
+    paths = [path, *overlays]
+    config: dict = {}
+    for p in paths:
+        with open(p) as fh:
+            merge_overlay(config, yaml.safe_load(fh) or {})
     try:
         return validate_config(config)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{' + '.join(map(str, paths))}: {err}") from None
 
 
 def load_sample_sheet(path: str | os.PathLike, base_dir: str | os.PathLike | None = None):
@@ -146,27 +170,6 @@ def validate_sample_sheet(
     if base_dir is not None:
         out["path"] = [str(Path(base_dir) / p) if not os.path.isabs(p) else p for p in out["path"]]
     return out.reset_index(drop=True)
-
-
-def dataset_sample_sheet(name: str, dataset: dict, seed: int, results: str = "results"):
-    """The sample sheet of one configured dataset (generated for toy cohorts).
-
-    Toy slides live under ``{results}/{name}/slides/``. A toy cohort's own ``seed`` defaults
-    to one derived from the master seed and the dataset name.
-    """
-    if "samples" in dataset:
-        return load_sample_sheet(dataset["samples"])
-    from csmil.toy.generator import toy_sample_sheet
-
-    toy = dataset["toy"]
-    return toy_sample_sheet(
-        dataset=name,
-        cohort=toy["cohort"],
-        n_patients=int(toy["n_patients"]),
-        seed=int(toy.get("seed", derive_seed(seed, name))),
-        slides_dir=f"{results}/{name}/slides",
-        pretrain_fraction=float(toy.get("pretrain_fraction", 0.5)),
-    )
 
 
 def derive_seed(seed: int, *keys: str | int) -> int:

@@ -79,7 +79,7 @@ def score_patient(
     """
     from csmil.mil.bags import PatientBagSource
     from csmil.mil.inference import attention_table, predict_bags
-    from csmil.mil.results import ATTENTION_VALUES
+    from csmil.mil.results import ATTENTION_KEYS, ATTENTION_VALUES
 
     source = PatientBagSource([patient], n_clusters=n_clusters, bag_mode=bag_mode, device=device)
     probs, tables = [], []
@@ -90,7 +90,7 @@ def score_patient(
         tables.append(attention_table(source, index, att))
     both = pd.concat(tables, ignore_index=True)
     values = [c for c in ATTENTION_VALUES if c in both.columns]
-    keys = ["patient_id", "slide_id", "patch_index"]
+    keys = ["patient_id", *ATTENTION_KEYS]
     weighted = both[values].mul(both["n_bags"], axis=0).assign(n_bags=both["n_bags"])
     summed = weighted.groupby([both[k] for k in keys]).sum(min_count=1)
     summed[values] = summed[values].div(summed["n_bags"], axis=0)

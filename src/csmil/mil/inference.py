@@ -18,6 +18,7 @@ import torch
 
 from csmil import SCALES
 from csmil.mil.bags import PatientBagSource
+from csmil.mil.results import ATTENTION_COLUMNS, ATTENTION_KEYS, SCALE_ATTENTION
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def attention_table(
     scale = attention.get("scale")
     for j, s in enumerate(SCALES):
         ok = scale is not None and scale.ndim == 3 and scale.shape[2] == len(SCALES)
-        columns[f"scale_{s}"] = mean_of(scale[bag, pos, j]) if ok else nan
+        columns[SCALE_ATTENTION[s]] = mean_of(scale[bag, pos, j]) if ok else nan
     df = pd.DataFrame(
         {
             "patient_id": [source.patients[p].patient_id for p in source.instance_patient[patches]],
@@ -92,6 +93,7 @@ def attention_table(
             "patch_index": source.patch_index[patches],
             "n_bags": n_bags,
             **columns,
-        }
+        },
+        columns=list(ATTENTION_COLUMNS),
     )
-    return df.sort_values(["patient_id", "slide_id", "patch_index"], ignore_index=True)
+    return df.sort_values(["patient_id", *ATTENTION_KEYS], ignore_index=True)

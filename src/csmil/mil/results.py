@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from csmil import SCALES
@@ -38,8 +39,10 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 PREDICTION_REQUIRED: tuple[str, ...] = PREDICTION_COLUMNS[:4]
 #: What identifies a patch within a slide.
 ATTENTION_KEYS: tuple[str, ...] = ("slide_id", "patch_index")
+#: Scale -> column of that scale's cross-scale attention weight.
+SCALE_ATTENTION: dict[str, str] = {s: f"scale_{s}" for s in SCALES}
 #: The attention values: the instance attention, then one weight per scale in ``SCALES`` order.
-ATTENTION_VALUES: tuple[str, ...] = ("instance", *(f"scale_{s}" for s in SCALES))
+ATTENTION_VALUES: tuple[str, ...] = ("instance", *SCALE_ATTENTION.values())
 ATTENTION_COLUMNS: tuple[str, ...] = ("patient_id", *ATTENTION_KEYS, "n_bags", *ATTENTION_VALUES)
 #: Attention columns every reader needs.
 ATTENTION_REQUIRED: tuple[str, ...] = ("patient_id", *ATTENTION_KEYS, "instance")
@@ -63,6 +66,29 @@ def read_history(path: str | os.PathLike) -> pd.DataFrame:
     return _require(read_tsv(path), ("epoch", "seconds"), path, "a history.tsv")
 
 
+def predictions_table(
+    patient_ids: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    fold: int,
+    probs: np.ndarray,
+    n_patches: Sequence[int],
+) -> pd.DataFrame:
+    """A fold's predictions (:data:`PREDICTION_COLUMNS`) from each test patient's bag
+    probabilities ``probs`` (P, n_bags): their mean, median and maximum (0 without bags)."""
+    return pd.DataFrame(
+        {
+            "patient_id": list(patient_ids),
+            "label": labels,
+            "fold": int(fold),
+            "prob": probs.mean(axis=1),
+            "prob_median": np.median(probs, axis=1),
+            "prob_max": probs.max(axis=1, initial=0.0),
+            "n_patches": list(n_patches),
+        },
+        columns=list(PREDICTION_COLUMNS),
+    )
+
+
 def write_predictions(predictions: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a fold's test predictions (:data:`PREDICTION_COLUMNS`) atomically."""
     write_tsv(predictions, path)
@@ -72,6 +98,11 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """A fold's test predictions, ``patient_id`` as str; at least :data:`PREDICTION_REQUIRED`."""
     df = read_tsv(path, dtype={"patient_id": str})
     return _require(df, PREDICTION_REQUIRED, path, "a predictions.tsv")
+
+
+def empty_attention() -> pd.DataFrame:
+    """An attention table without rows (a fold without test patients)."""
+    return pd.DataFrame(columns=list(ATTENTION_COLUMNS))
 
 
 def write_attention(attention: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -59,18 +59,18 @@ import torch
 from csmil import SCALES
 from csmil.mil.bags import BAG_MODES, PatientBags, PatientBagSource
 from csmil.mil.inference import attention_table, predict_bags
+from csmil.mil.methods import resolve
 from csmil.mil.models import (
     MILModel,
     MILOutput,
     count_parameters,
     create_mil_model,
-    resolve_method,
     save_mil_checkpoint,
 )
 from csmil.mil.results import (
-    ATTENTION_COLUMNS,
     HISTORY_COLUMNS,
-    PREDICTION_COLUMNS,
+    empty_attention,
+    predictions_table,
     write_attention,
     write_history,
     write_predictions,
@@ -195,15 +195,13 @@ def _select_patients(
 def _resolve(
     method: str, options: Mapping[str, Any] | None, settings: TrainSettings
 ) -> tuple[str, dict[str, Any], str, TrainSettings]:
-    """Registry model, model options, phenotype clustering and settings of ``method``: the
-    options ``bag_mode`` (overriding ``settings``) and ``clustering`` are training options."""
-    options = dict(options or {})
-    if "bag_mode" in options:
-        settings = replace(settings, bag_mode=options.pop("bag_mode"))
-    clustering = options.pop("clustering", None)
-    registry_name, model_options = resolve_method(method, options)
-    clustering = clustering or default_clustering(registry_name, model_options)
-    return registry_name, model_options, clustering, settings
+    """Registry model, model options (as configured), phenotype clustering and settings of
+    ``method`` (:func:`csmil.mil.methods.resolve`): the options ``bag_mode`` (overriding
+    ``settings``) and ``clustering`` are training options."""
+    spec = resolve(method, options, settings.bag_mode)
+    if spec.bag_mode != settings.bag_mode:
+        settings = replace(settings, bag_mode=spec.bag_mode)
+    return spec.model, dict(spec.given), spec.clustering, settings
 
 
 def fold_patients(
@@ -320,18 +318,13 @@ def score_test_patients(
     else:
         log.warning("fold %d has no test patients: writing empty predictions", fold)
         probs = np.zeros((0, n_test_bags))
-        attention = pd.DataFrame(columns=list(ATTENTION_COLUMNS))
-    preds = pd.DataFrame(
-        {
-            "patient_id": [source.patients[w].patient_id for w in test_w],
-            "label": source.labels[test_w],
-            "fold": int(fold),
-            "prob": probs.mean(axis=1),
-            "prob_median": np.median(probs, axis=1),
-            "prob_max": probs.max(axis=1, initial=0.0),
-            "n_patches": [source.patients[w].n for w in test_w],
-        },
-        columns=list(PREDICTION_COLUMNS),
+        attention = empty_attention()
+    preds = predictions_table(
+        [source.patients[w].patient_id for w in test_w],
+        source.labels[test_w],
+        fold,
+        probs,
+        [source.patients[w].n for w in test_w],
     )
     return preds, attention
 
@@ -358,17 +351,6 @@ def feature_statistics(patients: Sequence[PatientBags]) -> tuple[np.ndarray, np.
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def default_clustering(registry_name: str, model_options: Mapping[str, Any]) -> str:
-    """Phenotype clustering a model's bags use unless told otherwise: a single-scale model
-    clusters at its own scale, the scales-as-instances model on all scales together, every
-    other model (CS-MIL included, as the authors' code) on 20x features."""
-    if "scale" in model_options:
-        return str(model_options["scale"])
-    if registry_name == "deepattnmisl_multi":
-        return "all"
-    return "20x"
-
-
 def train_fold(
     patients: Sequence[PatientBags],
     splits: pd.DataFrame | str | os.PathLike,
@@ -389,12 +371,13 @@ def train_fold(
     attention). See the module docstring for the procedure.
 
     ``splits`` is the splits table or its path; ``n_folds`` K (default: from the splits).
-    ``method`` and ``options`` go through :func:`csmil.mil.models.resolve_method`; the options
+    ``method`` and ``options`` go through :func:`csmil.mil.methods.resolve`; the options
     ``bag_mode`` and ``clustering`` are training options (``bag_mode`` overrides
     ``settings.bag_mode``) and are not passed to the model. ``clustering`` picks the phenotype
     clusters bags are drawn from (``"20x"``, ``"10x"``, ``"5x"``, ``"all"``); by default
-    :func:`default_clustering`. ``settings`` default to :class:`TrainSettings`'s. ``seed`` seeds
-    the weights and three generators of its own (training bags, validation bags, test bags).
+    :func:`csmil.mil.methods.default_clustering`. ``settings`` default to
+    :class:`TrainSettings`'s. ``seed`` seeds the weights and three generators of its own
+    (training bags, validation bags, test bags).
     Feature size D comes from the patients. Returns a summary (epochs, best epoch and losses,
     patient counts, parameter count, seconds).
     """

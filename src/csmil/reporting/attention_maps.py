@@ -36,7 +36,7 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter
 
 from csmil import SCALE_FIELD_PX_20X, SCALES
-from csmil.mil.results import ATTENTION_VALUES, load_attention, read_predictions
+from csmil.mil.results import ATTENTION_VALUES, SCALE_ATTENTION, load_attention, read_predictions
 from csmil.slides.patchstore import open_patch_store
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def slide_maps(
     sigma_px = sigma_um / geom.mpp / downsample
     maps = {}
     for panel in PANELS:
-        column = "instance" if panel == "instance" else f"scale_{panel}"
+        column = "instance" if panel == "instance" else SCALE_ATTENTION[panel]
         if column not in attention.columns or attention[column].isna().all():
             continue
         boxes = footprint_boxes(sub, footprints[panel])

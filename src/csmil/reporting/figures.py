@@ -24,7 +24,7 @@ from scipy.stats import wilcoxon
 
 from csmil import SCALES
 from csmil.io import atomic_path
-from csmil.mil.results import load_attention, read_predictions
+from csmil.mil.results import SCALE_ATTENTION, load_attention, read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def labelled_attention(
 
 
 def _scale_values(att: pd.DataFrame) -> pd.DataFrame | None:
-    cols = [f"scale_{s}" for s in SCALES]
+    cols = [SCALE_ATTENTION[s] for s in SCALES]
     if any(c not in att.columns for c in cols) or att[cols].isna().all().all():
         return None
     return att[cols].dropna()
@@ -144,7 +144,7 @@ def scale_attention_summary(att: pd.DataFrame, dataset: str) -> pd.DataFrame:
         if vals is None:
             continue
         for s in SCALES:
-            v = vals[f"scale_{s}"]
+            v = vals[SCALE_ATTENTION[s]]
             rows.append((dataset, int(label), s, float(v.median()), float(v.mean())))
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
@@ -158,7 +158,7 @@ def scale_attention_tests(att: pd.DataFrame, dataset: str) -> pd.DataFrame:
         if vals is None:
             continue
         for a, b in itertools.combinations(SCALES, 2):
-            x, y = vals[f"scale_{a}"].to_numpy(), vals[f"scale_{b}"].to_numpy()
+            x, y = vals[SCALE_ATTENTION[a]].to_numpy(), vals[SCALE_ATTENTION[b]].to_numpy()
             if len(x) == 0:
                 stat, p = np.nan, np.nan
             elif np.all(x == y):
@@ -184,7 +184,7 @@ def plot_scale_attention(
         vals = _scale_values(att[att["label"] == label])
         if vals is None:
             continue
-        ax.boxplot([vals[f"scale_{s}"] for s in SCALES], tick_labels=list(SCALES),
+        ax.boxplot([vals[SCALE_ATTENTION[s]] for s in SCALES], tick_labels=list(SCALES),
                    flierprops={"markersize": 2, "alpha": 0.4})  # fmt: skip
         ax.set(ylim=(0, 1), ylabel="scale attention", title=f"{LABEL_NAMES.get(label, label)}"
                f" ({len(vals)} patches)")  # fmt: skip

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,16 +31,10 @@ import pandas as pd
 
 from csmil.evaluation.compare import significance
 from csmil.io import atomic_path, read_tsv
-from csmil.mil.models import (
-    count_parameters,
-    create_mil_model,
-    load_mil_checkpoint,
-    model_options,
-    resolve_method,
-)
+from csmil.mil.methods import MethodSpec, method_spec
+from csmil.mil.models import count_parameters, create_mil_model, load_mil_checkpoint
 from csmil.mil.results import read_history
 from csmil.mil.splits import fold_partition, read_splits
-from csmil.mil.training import default_clustering
 from csmil.reporting.markdown import to_markdown
 
 log = logging.getLogger(__name__)
@@ -83,38 +76,6 @@ TABLE3_SLOTS = (
     ({"fusion": "CS-Attention (naive bags)", "clustering": "no"}, {"fusion": "attention"}, "naive"),
     ({"fusion": "CS-Attention", "clustering": "yes"}, {"fusion": "attention"}, "cluster"),
 )
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A configured method resolved to its registry model, full options and bag mode."""
-
-    method: str
-    model: str
-    options: dict[str, Any] = field(default_factory=dict)
-    bag_mode: str = "cluster"
-    clustering: str = "20x"
-
-    def key(self) -> tuple:
-        """What identifies the trained model; scorer options are moot without a scorer."""
-        opts = dict(self.options)
-        if self.model == "csmil" and opts.get("fusion") != "attention":
-            opts.pop("scale_activation", None)
-            opts.pop("scale_normalisation", None)
-        return self.model, tuple(sorted(opts.items())), self.bag_mode
-
-
-def method_spec(
-    method: str, variants: Mapping[str, Mapping[str, Any]] | None = None, bag_mode: str = "cluster"
-) -> MethodSpec:
-    """Resolve a configured method name (and its ``mil.variants`` entry) with every option's
-    default filled in; ``bag_mode`` is the run's default, overridden by the variant's."""
-    opts = dict((variants or {}).get(method, {}))
-    mode = opts.pop("bag_mode", bag_mode)
-    clustering = opts.pop("clustering", None)
-    name, given = resolve_method(method, opts)
-    clustering = clustering or default_clustering(name, given)
-    return MethodSpec(method, name, {**model_options(name), **given}, mode, clustering)
 
 
 def display_name(spec: MethodSpec) -> str:
