@@ -134,16 +134,35 @@ def test_perfect_classifiers():
     assert stats.auc_ci(y, perfect) == (1.0, 1.0)
     both = stats.delong_test(y, perfect, other_perfect)
     assert both.diff == 0.0 and both.se == 0.0
-    assert math.isnan(both.z) and both.p_value == 1.0
+    assert both.z == 0.0 and both.p_value == 1.0
     assert (both.ci_low, both.ci_high) == (0.0, 0.0)
     # A constant score has AUC 1/2 and constant placements: a zero-variance, nonzero difference.
     vs_constant = stats.delong_test(y, perfect, np.zeros(7))
     assert vs_constant.diff == 0.5 and vs_constant.z == math.inf and vs_constant.p_value == 0.0
     boot = stats.bootstrap_test(y, perfect, other_perfect, n_boot=50)
-    assert math.isnan(boot.statistic) and boot.p_value == 1.0 and boot.sd == 0.0
+    assert boot.statistic == 0.0 and boot.p_value == 1.0 and boot.sd == 0.0
     for metric in stats.METRICS:
         r = stats.bootstrap_test(y, perfect, perfect, metric=metric, n_boot=50)
         assert r.value_a == 1.0 and r.p_value == 1.0
+
+
+def test_identical_methods_give_z_0_and_p_1():
+    """A method compared with itself (or with a monotone transform of its scores, which ranks
+    the patients the same) has a zero-variance difference: z = 0 and p = 1, as pROC."""
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 40)
+    y[:2] = (0, 1)
+    s = np.round(rng.normal(size=40) + y, 1)  # with ties
+    for other in (s.copy(), np.exp(s) * 3.0):
+        d = stats.delong_test(y, s, other)
+        assert (d.diff, d.se, d.z, d.p_value) == (0.0, 0.0, 0.0, 1.0)
+        assert (d.ci_low, d.ci_high) == (0.0, 0.0)
+        for metric in stats.METRICS:
+            b = stats.bootstrap_test(y, s, other, metric=metric, n_boot=100, seed=3)
+            assert (b.diff, b.sd, b.statistic, b.p_value) == (0.0, 0.0, 0.0, 1.0), metric
+    # a real difference still gives a finite z and a p-value below 1
+    d = stats.delong_test(y, s, rng.normal(size=40))
+    assert math.isfinite(d.z) and d.z != 0.0 and d.p_value < 1.0
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,10 @@ is ``"<"`` (controls lower), which is this module's fixed direction.
 The bootstrap resamples patients with replacement, both models together (paired), by default
 within each class (pROC's ``boot.stratified=TRUE``), and is vectorised over resamples.
 
-Degenerate comparisons: when the difference of two AUCs has zero variance (for example two
-perfect classifiers), the test statistic is ``nan`` and ``p_value`` is 1.0 if the observed
-difference is zero, and ``+-inf`` with ``p_value`` 0.0 otherwise.
+Degenerate comparisons: when the difference of two metrics has zero variance (identical
+scores, or two perfect classifiers), the test statistic is 0 and ``p_value`` 1.0 if the observed
+difference is zero (as pROC's ``roc.test`` reports for identical curves), and ``+-inf`` with
+``p_value`` 0.0 otherwise.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def _z_and_p(diff: float, se: float) -> tuple[float, float]:
     """z statistic and two-sided normal p-value, with the documented degenerate cases."""
     if se == 0.0:
         if diff == 0.0:
-            return math.nan, 1.0
+            return 0.0, 1.0
         return math.copysign(math.inf, diff), 0.0
     z = diff / se
     return z, float(2.0 * norm.sf(abs(z)))
@@ -207,8 +208,9 @@ def delong_test(y_true, score_a, score_b, level: float = 0.95) -> DeLongResult:
 
     Returns:
         :class:`DeLongResult` for ``auc_a - auc_b``. If the difference has zero variance
-        (e.g. two perfect classifiers) ``z`` is nan and ``p_value`` 1.0 when the AUCs are equal,
-        else ``z`` is +-inf and ``p_value`` 0.0; the interval then collapses to ``diff``.
+        (identical scores, two perfect classifiers) ``z`` is 0 and ``p_value`` 1.0 when the
+        AUCs are equal, else ``z`` is +-inf and ``p_value`` 0.0; the interval then collapses
+        to ``diff``.
     """
     level = _check_level(level)
     y = _labels(y_true)
