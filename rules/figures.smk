@@ -67,7 +67,7 @@ rule attention_maps:
     output:
         report(
             directory(ATTENTION_MAPS),
-            patterns=["{slide}.png"],
+            patterns=["{slide}.jpg"],  # the previews; the full-size PNGs stay beside them
             caption="../report/attention_maps.rst",
             category="Attention maps",
             subcategory="{dataset}",

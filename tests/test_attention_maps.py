@@ -1,11 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from csmil import SCALES
 from csmil.io import write_tsv
 from csmil.mil.results import load_attention
 from csmil.reporting.attention_maps import (
+    PREVIEW_WIDTH,
     PatchGeometry,
     attention_canvas,
     attention_localisation,
@@ -130,6 +132,11 @@ def test_dataset_maps_and_localisation_from_files(slide_files):
     assert written == [str(root / "maps" / "s1.png")]
     png = (root / "maps" / "s1.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # the report's preview beside it: a JPEG no wider than the preview width, much smaller
+    preview = root / "maps" / "s1.jpg"
+    with Image.open(preview) as img:
+        assert img.format == "JPEG" and img.width <= PREVIEW_WIDTH
+    assert preview.stat().st_size < len(png) / 2
     loc = attention_localisation(
         [{"dataset": "d", "method": "m", "attention": [root / "attention.tsv"], "slides": slides}],
         root / "loc.csv",

@@ -125,6 +125,19 @@ def test_every_stage_left_its_outputs(tiny_run):
     assert (tiny_run / "logs" / "train_mil").exists()
 
 
+def test_report_builds_and_stays_small(tiny_run):
+    proc = snakemake(tiny_run, "--report", "report.html")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    html = (tiny_run / "report.html").read_text()
+    # every table and figure category is in it; the attention maps as their JPEG previews
+    for name in ("table1", "roc_pr", "Attention maps"):
+        assert name in html
+    for ds in ("micro", "macro"):
+        previews = list((tiny_run / "results" / "figures" / ds / "attention_maps").glob("*.jpg"))
+        assert previews and previews[0].with_suffix(".png").exists()
+    assert (tiny_run / "report.html").stat().st_size < 20_000_000
+
+
 def test_second_run_has_nothing_to_do(tiny_run):
     proc = snakemake(tiny_run, "-n")
     assert proc.returncode == 0, proc.stderr

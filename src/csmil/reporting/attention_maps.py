@@ -293,6 +293,33 @@ def plot_slide_maps(
         fig.savefig(tmp, format="png", dpi=90)
 
 
+#: Width (px) and JPEG quality of the previews the HTML report embeds: a dataset's full-size
+#: PNGs are about 0.6 MB each, which across hundreds of slides makes a report (base64, one file)
+#: too large for a browser; the previews are about a tenth of that.
+PREVIEW_WIDTH = 1200
+PREVIEW_QUALITY = 85
+
+
+def write_preview(
+    png: str | os.PathLike,
+    out_jpg: str | os.PathLike,
+    width: int = PREVIEW_WIDTH,
+    quality: int = PREVIEW_QUALITY,
+) -> None:
+    """Write a JPEG preview of the map ``png``, at most ``width`` px wide (never enlarged)."""
+    from PIL import Image
+
+    from csmil.io import atomic_path
+
+    with Image.open(png) as img:
+        rgb = img.convert("RGB")
+    if rgb.width > width:
+        height = max(1, round(rgb.height * width / rgb.width))
+        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
+    with atomic_path(out_jpg) as tmp:
+        rgb.save(tmp, format="JPEG", quality=quality)
+
+
 def render_slide(
     slide_path: str | os.PathLike,
     attention: pd.DataFrame,
@@ -331,8 +358,9 @@ def render_dataset_maps(
     **kwargs,
 ) -> list[str]:
     """One PNG per slide of ``slides`` (slide id -> ``slide``, ``patches`` and optional
-    ``mask`` paths) into ``out_dir``, from one method's fold attention tables. Slides without
-    attention rows get a map with the thumbnail only. Returns the written paths."""
+    ``mask`` paths) into ``out_dir``, from one method's fold attention tables, and beside it
+    the JPEG preview the report embeds (:func:`write_preview`). Slides without attention rows
+    get a map with the thumbnail only. Returns the written PNG paths."""
     from pathlib import Path
 
     from csmil.runtime import progress
@@ -354,6 +382,7 @@ def render_dataset_maps(
         out = out_dir / f"{slide_id}.png"
         render_slide(paths["slide"], rows, paths["patches"], out, paths.get("mask"), cohort,
                      title=title, **kwargs)  # fmt: skip
+        write_preview(out, out.with_suffix(".jpg"))
         written.append(str(out))
     log.info("wrote %d attention maps to %s", len(written), out_dir)
     return written
