@@ -66,8 +66,9 @@ rule attention_maps:
         unpack(attention_maps_inputs),
     output:
         report(
+            # the report shows each slide's JPEG preview; the full-size PNG is beside it
             directory(ATTENTION_MAPS),
-            patterns=["{slide}.jpg"],  # the previews; the full-size PNGs stay beside them
+            patterns=["{slide}.jpg"],
             caption="../report/attention_maps.rst",
             category="Attention maps",
             subcategory="{dataset}",
