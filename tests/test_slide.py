@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from csmil.slides.errors import SlideError
 from csmil.slides.reader import (
+    SlideMpp,
     best_level_for,
     open_slide,
     read_region_rgb,
+    resolve_mpp,
     slide_mpp,
     slide_thumbnail,
 )
@@ -22,7 +25,7 @@ class FakeSlide:
     def __init__(self, properties=None, downsamples=(1.0, 4.0, 16.0)):
         self.properties = properties or {}
         self.level_downsamples = downsamples
-        self._filename = "fake.svs"
+        self.path = "fake.svs"
 
 
 def _noise_rgb(h, w, seed=0):
@@ -115,3 +118,18 @@ def test_thumbnail_is_box_average_even_without_pyramid(tmp_path):
     expected = downsample_rgb(rgb, 16).astype(int)
     assert np.abs(thumb.astype(int) - expected).max() <= 1
     assert small.shape == (64, 96, 3) and ds_small == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(("mpp", "ok"), [(0.1, True), (20.0, True), (0.09, False), (20.5, False)])
+def test_plausible_mpp_range(mpp, ok):
+    fake = FakeSlide({"openslide.mpp-x": str(mpp), "openslide.mpp-y": str(mpp)})
+    if ok:
+        assert resolve_mpp(fake) == SlideMpp(mpp, "slide_metadata")
+    else:
+        with pytest.raises(SlideError, match=r"fake.svs: its metadata .* outside the 0.1-20"):
+            resolve_mpp(fake)
+
+
+def test_unparsable_mpp_falls_back_to_objective_power():
+    fake = FakeSlide({"openslide.mpp-x": "n/a", "openslide.objective-power": "20"})
+    assert resolve_mpp(fake) == SlideMpp(0.5, "objective_power")

@@ -85,6 +85,9 @@ def test_tissue_tiles_kept_and_glass_dropped(store20):
     assert {tuple(c) for c in coords} == expected
     assert summary["n_tiles"] == 25 and summary["n_grid"] == 64
     assert attrs["patch_size"] == 256 and attrs["mpp"] == 0.5 and attrs["slide_id"] == "s20"
+    assert attrs["mpp_source"] == "slide_metadata" and attrs["level_downsamples"][:2] == [1, 4]
+    assert attrs["scales"]["5x"]["read_mpp"] == pytest.approx(0.5 * 16, rel=0.01)
+    assert not any(attrs["scales"][s]["upsampled"] for s in SCALES)
     assert attrs["tissue_fraction"] == pytest.approx(1280**2 / 2048**2, abs=0.02)
     assert attrs["tissue"]["threshold"] == "otsu" and attrs["tissue_threshold"] == 0.25
     # a 20x patch of a tile away from the dot is pink all over

@@ -11,6 +11,11 @@ Layout (format version 2)::
            jpeg_quality, slide_id, slide_path, mpp (level-0 µm/px), patch_px, scale_names,
            scales (JSON: per scale its read level, level downsample, field in level-0 px and
            the µm/px of the stored pixels), n_patches, csmil_version, plus tiling settings.
+           Written by tiling for quality control (:mod:`csmil.slides.qc`): tissue_fraction
+           (0-1 of the slide), mpp_source ("slide_metadata", "sample_sheet" or
+           "objective_power"), level_downsamples (the slide's pyramid) and, per scale in
+           scales, read_mpp (µm/px of the level read) and upsampled (stored pixels finer than
+           the slide's). Stores written before these were recorded lack them and still open.
 
 Every patch is (patch_px, patch_px, 3) RGB once decoded. ``coords`` follows CLAM's naming so
 CLAM-style tools can read the tile grid. N may be 0: a slide without tissue yields a valid,

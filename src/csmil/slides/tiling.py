@@ -7,6 +7,10 @@ are cut, 128, 256 and 512 µm wide (256, 512, 1024 px at 20x), and each is box-r
 ``patch_px`` square. For each scale the read level is the coarsest one whose resolution is still
 at least the output resolution, chosen from the slide's MPP (never a fixed level index), so the
 authors' offsets bug for native 20x scans and their "level 1 is 2x" assumption do not arise.
+A pyramid without a level near a scale's resolution is read from the nearest finer level and
+downsampled, with a warning; a slide coarser than a scale asks for is upsampled, with a warning
+and a flag in the store. A slide with a single level (no pyramid) is accepted with a warning:
+reads are streamed, so it costs time, not memory.
 
 Pixels are read in blocks of tiles, one region per block and pyramid level (scales read from
 the same level share it), so memory is bounded by ``max_read_px`` whatever the slide size; the
@@ -23,22 +27,33 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openslide
 from PIL import Image
 
 from csmil import MPP_20X, SCALE_FIELD_PX_20X, SCALES
 from csmil.runtime import progress
 from csmil.slides.codec import DEFAULT_CODEC, DEFAULT_QUALITY, check_codec, encode_patch
 from csmil.slides.patchstore import PatchStoreWriter
-from csmil.slides.reader import best_level_for, open_slide, read_region_image, slide_mpp
+from csmil.slides.reader import (
+    LEVEL_TOLERANCE,
+    Slide,
+    best_level_for,
+    open_slide,
+    read_region_image,
+    resolve_mpp,
+)
 from csmil.slides.tissue import TissueParams, slide_tissue_mask
 
 log = logging.getLogger(__name__)
+
+#: A scale read from a level this many times finer (per side) than it needs, or more, means
+#: the pyramid lacks a level for it (reading 16x the pixels); that is warned about. Levels 4x
+#: apart (Aperio) or 2x apart (NDPI) never cause it while the pyramid reaches the scale.
+MISSING_LEVEL_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,13 @@ class ScaleRead:
     level: int  # pyramid level read
     level_downsample: float  # that level's downsample
     out_mpp: float  # µm per pixel of the stored patch
+    read_mpp: float  # µm per pixel of the level read
+
+    @property
+    def upsampled(self) -> bool:
+        """Whether the stored pixels are finer than the pixels read (the slide is coarser than
+        the scale asks for), so the patch holds less detail than its resolution says."""
+        return is_upsampled(self.read_mpp, self.out_mpp)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,26 +79,56 @@ class ScaleRead:
             "level_downsample": self.level_downsample,
             "field_level0_px": self.field_level0_px,
             "out_mpp": self.out_mpp,
+            "read_mpp": self.read_mpp,
+            "upsampled": self.upsampled,
         }
 
 
-def plan_scales(slide: openslide.OpenSlide, mpp: float, patch_px: int) -> dict[str, ScaleRead]:
-    """Field size, read level and output MPP of every scale in ``csmil.SCALES``."""
+def is_upsampled(read_mpp: float, out_mpp: float) -> bool:
+    """Whether pixels of ``read_mpp`` µm were enlarged to ``out_mpp`` µm ones (beyond
+    ``LEVEL_TOLERANCE``)."""
+    return read_mpp > out_mpp * (1.0 + LEVEL_TOLERANCE)
+
+
+def plan_scales(slide: Slide, mpp: float, patch_px: int) -> dict[str, ScaleRead]:
+    """Field size, read level and output MPP of every scale in ``csmil.SCALES``.
+
+    Warns when a scale is upsampled (level 0 is coarser than the scale's stored pixels) and,
+    on a slide with several levels, when the pyramid has no level near a scale's resolution,
+    so that a level ``MISSING_LEVEL_FACTOR`` or more times finer is read and downsampled.
+    """
     tile = tile_size_level0(mpp)
+    levels = ", ".join(f"{d:.4g}" for d in slide.level_downsamples)
     plans = {}
     for s in SCALES:
         field = tile * SCALE_FIELD_PX_20X[s] / SCALE_FIELD_PX_20X["20x"]
         out_ds = field / patch_px  # level-0 px per output px
         level, level_ds = best_level_for(slide, out_ds)
-        if out_ds < 1.0:
+        plan = ScaleRead(s, float(field), level, level_ds, field * mpp / patch_px, level_ds * mpp)
+        if plan.upsampled:
             log.warning(
-                "scale %s: patch_px %d is finer than the slide's level 0 (%.3f µm/px); "
-                "patches are upsampled",
+                "%s: scale %s stores %.3g µm/px but the slide's level 0 is %.3g µm/px; its "
+                "patches are upsampled (flagged in the patch store); a smaller patch_px avoids it",
+                slide.path,
                 s,
-                patch_px,
+                plan.out_mpp,
                 mpp,
             )
-        plans[s] = ScaleRead(s, float(field), level, float(level_ds), field * mpp / patch_px)
+        elif slide.level_count > 1 and out_ds / level_ds >= MISSING_LEVEL_FACTOR * (
+            1.0 - LEVEL_TOLERANCE
+        ):
+            log.warning(
+                "%s: no pyramid level near scale %s (%.3g level-0 px per stored px; levels at "
+                "downsample %s); reading level %d (downsample %.4g) and downsampling it %.3gx",
+                slide.path,
+                s,
+                out_ds,
+                levels,
+                level,
+                level_ds,
+                out_ds / level_ds,
+            )
+        plans[s] = plan
     return plans
 
 
@@ -84,7 +136,10 @@ def tile_size_level0(mpp: float) -> int:
     """Side of a 20x tile (128 µm) in level-0 px, e.g. 256 at 0.5 µm/px and 512 at 0.25."""
     size = int(round(SCALE_FIELD_PX_20X["20x"] * MPP_20X / mpp))
     if size < 1:
-        raise ValueError(f"mpp {mpp} µm/px gives a 20x tile smaller than one pixel")
+        raise ValueError(
+            f"mpp {mpp} µm/px gives a 20x tile smaller than one pixel; whole-slide scans are "
+            "0.1-20 µm/px (give the slide's mpp in the sample sheet)"
+        )
     return size
 
 
@@ -152,7 +207,12 @@ def tile_slide(
 
     Returns:
         A summary: slide_id, n_tiles, n_tissue_tiles, n_grid, tissue_fraction, mpp,
-        patch_size (20x tile, level-0 px), scales, seconds, tiles_per_s.
+        mpp_source, patch_size (20x tile, level-0 px), scales, seconds, tiles_per_s.
+
+    Raises:
+        csmil.slides.errors.SlideError: the slide cannot be used (missing, empty, not a
+            slide, damaged tile data, implausible or unknown MPP); the message names the
+            file, what is wrong and what to do.
     """
     t_start = time.perf_counter()
     slide_path = Path(slide_path)
@@ -169,7 +229,15 @@ def tile_slide(
 
     slide = open_slide(slide_path)
     try:
-        mpp = slide_mpp(slide, mpp_override)
+        mpp, mpp_source = astuple(resolve_mpp(slide, mpp_override))
+        if slide.level_count == 1:
+            log.warning(
+                "%s has a single level (no pyramid): the tissue mask and every scale are read "
+                "at full resolution, which is slow for a large slide; to speed it up convert it "
+                "to a tiled pyramidal TIFF (e.g. vips tiffsave SLIDE OUT.tif --tile --pyramid "
+                "--compression jpeg)",
+                slide_path,
+            )
         tile = tile_size_level0(mpp)
         width, height = slide.dimensions
         n_cols, n_rows = width // tile, height // tile
@@ -185,6 +253,8 @@ def tile_slide(
             "slide_id": slide_id,
             "slide_path": str(slide_path),
             "mpp": mpp,
+            "mpp_source": mpp_source,
+            "level_downsamples": [float(d) for d in slide.level_downsamples],
             "patch_size": tile,
             "scales": {s: p.as_dict() for s, p in plans.items()},
             "tissue": {**tissue.as_dict(), "mask_mpp": mask_mpp, "saturation_used": sat_thr},
@@ -260,6 +330,7 @@ def tile_slide(
         "n_grid": n_rows * n_cols,
         "tissue_fraction": attrs["tissue_fraction"],
         "mpp": mpp,
+        "mpp_source": mpp_source,
         "patch_size": tile,
         "scales": attrs["scales"],
         "seconds": seconds,
@@ -279,7 +350,7 @@ def _block_tiles(plans: dict[str, ScaleRead], tile: int, max_read_px: int, cap: 
 
 
 def _read_regions(
-    slide: openslide.OpenSlide, plans: dict[str, ScaleRead], cx: np.ndarray, cy: np.ndarray
+    slide: Slide, plans: dict[str, ScaleRead], cx: np.ndarray, cy: np.ndarray
 ) -> dict[int, tuple[Image.Image, tuple[int, int]]]:
     """One region per pyramid level covering every field of a block centred on level-0
     (cx, cy): level → (region image, its top-left in that level's px)."""

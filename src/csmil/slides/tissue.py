@@ -13,10 +13,9 @@ import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import openslide
 from scipy import ndimage
 
-from csmil.slides.reader import slide_mpp, slide_thumbnail
+from csmil.slides.reader import Slide, slide_mpp, slide_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
 
 
 def slide_tissue_mask(
-    slide: openslide.OpenSlide,
+    slide: Slide,
     mask_mpp: float = 8.0,
     params: TissueParams | None = None,
     mpp_override: float | None = None,
