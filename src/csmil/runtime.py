@@ -83,8 +83,41 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+#: torch intra-op threads per kind of computation. On the CPU, parallel kernels (convolution
+#: and matrix-product gradients, reductions, k-means updates) split their sums by thread, so
+#: the low-order bits of a result follow the number of threads, and training amplifies them.
+#: The number is therefore fixed per kind here, not taken from the job's cores: a job given
+#: fewer cores (``--cores 1``, a smaller SLURM allocation) computes the same numbers, more
+#: slowly; cores beyond it go to reading and decoding patches. Changing a value changes the
+#: workflow's numbers (not its conclusions).
+COMPUTE_THREADS: dict[str, int] = {"encoder": 2, "embedding": 2, "mil": 1, "clustering": 1}
+
+
+def set_compute_threads(kind: str, job_threads: int | None = None) -> int:
+    """Set torch's intra-op threads to ``COMPUTE_THREADS[kind]`` and return that number.
+
+    ``job_threads`` (the cores the job was given) does not change it; when it is smaller, the
+    extra threads share the job's cores (logged).
+    """
+    import torch
+
+    if kind not in COMPUTE_THREADS:
+        raise ValueError(f"kind must be one of {sorted(COMPUTE_THREADS)}, got {kind!r}")
+    n = COMPUTE_THREADS[kind]
+    torch.set_num_threads(n)
+    if job_threads and 0 < int(job_threads) < n:
+        log.info(
+            "%s: %d compute threads on %d core(s); results do not depend on the cores",
+            kind, n, int(job_threads),
+        )  # fmt: skip
+    return n
+
+
 def set_threads(n: int | None) -> None:
-    """Limit torch's intra-op threads to the job's ``threads`` (no oversubscription)."""
+    """Limit torch's intra-op threads to ``n`` (no oversubscription).
+
+    Results on the CPU depend on this number; workflow steps use :func:`set_compute_threads`.
+    """
     import torch
 
     if n and n > 0:

@@ -25,7 +25,7 @@ from csmil.encoders.augment import normalize
 from csmil.encoders.featurestore import write_features
 from csmil.encoders.loader import store_batches
 from csmil.encoders.simsiam import load_encoder
-from csmil.runtime import progress, select_device, set_threads
+from csmil.runtime import progress, select_device, set_compute_threads
 from csmil.slides.patchstore import PatchStore, open_patch_store
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def embed_slide(
 ) -> dict[str, Any]:
     """Embed a slide's patch store into a feature store.
 
-    ``num_threads`` sets torch's intra-op threads and the loader's decoding threads;
+    ``num_threads`` sets the loader's decoding threads; torch computes on
+    :data:`csmil.runtime.COMPUTE_THREADS` ``["embedding"]`` threads whatever it is;
     ``decode`` is where patches are decoded ("auto", "cpu", "cuda"; see
     :mod:`csmil.encoders.loader`).
 
@@ -55,7 +56,7 @@ def embed_slide(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
-    set_threads(num_threads)
+    set_compute_threads("embedding", num_threads)
     dev = select_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -58,7 +58,7 @@ from csmil.encoders.simsiam import (
     save_encoder,
 )
 from csmil.io import atomic_path, write_tsv
-from csmil.runtime import progress, seed_everything, select_device, set_threads
+from csmil.runtime import progress, seed_everything, select_device, set_compute_threads
 
 log = logging.getLogger(__name__)
 
@@ -444,8 +444,9 @@ def train_simsiam(
         out_path: the encoder checkpoint to write (``.pt``).
         settings: :class:`SimSiamSettings` (None: the defaults).
         device: "auto", "cpu" or "cuda" (bfloat16 autocast and pinned memory on CUDA).
-        num_threads: torch intra-op threads and the loader's decoding threads (None: torch
-            as is, one decoding thread).
+        num_threads: the loader's decoding threads (None: one). torch computes on
+            :data:`csmil.runtime.COMPUTE_THREADS` ``["encoder"]`` threads whatever this is, so
+            the weights do not depend on the job's cores.
         decode: where patches are decoded, "auto", "cpu" or "cuda" (see
             :mod:`csmil.encoders.loader`).
 
@@ -459,7 +460,7 @@ def train_simsiam(
     """
     t_start = time.perf_counter()
     settings = settings or SimSiamSettings()
-    set_threads(num_threads)
+    set_compute_threads("encoder", num_threads)
     dev = select_device(device)
     if not patch_stores:
         raise ValueError("patch_stores is empty: list the patch stores of the pretraining slides")

@@ -23,6 +23,7 @@ import pandas as pd
 from csmil import SCALES
 from csmil.encoders.featurestore import read_features
 from csmil.io import read_tsv, write_tsv
+from csmil.runtime import COMPUTE_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,12 @@ def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarra
     """Cluster ids (N,) for features (N, D); fewer distinct points than clusters is fine.
 
     With N < n_clusters every patch is its own cluster (the rest stay empty, which bags
-    mask), as k-means cannot place more centres than points.
+    mask), as k-means cannot place more centres than points. k-means runs on
+    :data:`csmil.runtime.COMPUTE_THREADS` ``["clustering"]`` threads (OpenMP and BLAS), as the
+    centres' low-order bits follow the thread count.
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     n = len(features)
     if n == 0:
@@ -67,7 +71,9 @@ def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarra
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
     km = KMeans(n_clusters=k, random_state=seed, n_init=10)
-    return km.fit_predict(np.asarray(features, dtype=np.float64)).astype(np.int64)
+    # k-means sums over chunks of points per thread: a fixed count, whatever the job's cores
+    with threadpool_limits(COMPUTE_THREADS["clustering"]):
+        return km.fit_predict(np.asarray(features, dtype=np.float64)).astype(np.int64)
 
 
 def cluster_patient(

@@ -76,7 +76,7 @@ from csmil.mil.results import (
     write_predictions,
 )
 from csmil.mil.splits import fold_partition, read_splits
-from csmil.runtime import progress, seed_everything, select_device, set_threads
+from csmil.runtime import progress, seed_everything, select_device, set_compute_threads
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,9 @@ def train_fold(
     clusters bags are drawn from (``"20x"``, ``"10x"``, ``"5x"``, ``"all"``); by default
     :func:`csmil.mil.methods.default_clustering`. ``settings`` default to
     :class:`TrainSettings`'s. ``seed`` seeds the weights and three generators of its own
-    (training bags, validation bags, test bags).
+    (training bags, validation bags, test bags). ``num_threads`` is the job's cores: the model
+    computes on :data:`csmil.runtime.COMPUTE_THREADS` ``["mil"]`` threads whatever it is, so
+    that a fold gives the same numbers however many jobs share the machine.
     Feature size D comes from the patients. Returns a summary (epochs, best epoch and losses,
     patient counts, parameter count, seconds).
     """
@@ -388,7 +390,7 @@ def train_fold(
     registry_name, model_options, clustering, settings = _resolve(method, options, settings)
     out = _output_paths(out_dir, paths)
     roles, chosen = fold_patients(patients, splits, fold, n_folds, clustering)
-    set_threads(num_threads)
+    set_compute_threads("mil", num_threads)
     dev = select_device(device)
     source = PatientBagSource(
         chosen, n_clusters=settings.n_clusters, bag_mode=settings.bag_mode, device=dev
