@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import csmil
-from csmil.config import derive_seed, load_sample_sheet, validate_config
+from csmil.config import SheetIndex, derive_seed, load_sample_sheet, validate_config
 from csmil.inputs import flatten
 from csmil.mil.methods import configured_methods
 from csmil.mil.splits import ledger_path
@@ -20,10 +20,12 @@ TOY_SLIDES = f"{RESULTS}/{{toy_dataset}}/slides"
 TOY_SLIDE = f"{TOY_SLIDES}/{{slide}}.svs"
 TOY_MASK = f"{TOY_SLIDES}/{{slide}}.mask.png"
 PATCHES = f"{RESULTS}/{{dataset}}/patches/{{slide}}.h5"
+PRETRAIN_LISTING = f"{RESULTS}/encoders/{{group}}/pretraining.inputs.json"
 ENCODER = f"{RESULTS}/encoders/{{group}}/{{scale}}.pt"
 ENCODER_HISTORY = f"{RESULTS}/encoders/{{group}}/{{scale}}.history.tsv"
 FEATURES = f"{RESULTS}/{{dataset}}/features/{{slide}}.h5"
 PHENOTYPES = f"{RESULTS}/{{dataset}}/phenotypes/{{patient}}.tsv"
+COHORT_LISTING = f"{RESULTS}/{{dataset}}/cohort.inputs.json"
 SPLITS = f"{RESULTS}/{{dataset}}/splits.tsv"
 SPLITS_LEDGER = str(
     ledger_path(SPLITS)
@@ -72,8 +74,10 @@ def sample_sheet(name, spec):
 
 
 DATASETS = list(config["datasets"])
+# Every sheet indexed once (slide -> row, patient -> slides): the input functions below run
+# once per job, and a lookup that scanned the sheet would make planning quadratic in slides.
 SAMPLES = {
-    ds: sample_sheet(ds, spec).set_index("slide_id", drop=False)
+    ds: SheetIndex.from_frame(sample_sheet(ds, spec))
     for ds, spec in config["datasets"].items()
 }
 TOY_DATASETS = [ds for ds, spec in config["datasets"].items() if "toy" in spec]
@@ -130,49 +134,42 @@ def cohort_of(dataset):
 # ---------------------------------------------------------------- slides and patients
 
 
+def slide_row(dataset, slide):
+    return SAMPLES[dataset].row(slide)
+
+
 def slide_file(wildcards):
-    return SAMPLES[wildcards.dataset].loc[wildcards.slide, "path"]
-
-
-def slide_row(wildcards):
-    return SAMPLES[wildcards.dataset].loc[wildcards.slide]
+    return slide_row(wildcards.dataset, wildcards.slide)["path"]
 
 
 def slide_mpp(wildcards):
-    row = slide_row(wildcards)
-    mpp = row.get("mpp") if "mpp" in row.index else None
-    return None if mpp is None or mpp != mpp else float(mpp)
+    mpp = slide_row(wildcards.dataset, wildcards.slide).get("mpp")
+    return None if mpp is None else float(mpp)
 
 
 def patients(dataset):
-    return sorted(SAMPLES[dataset]["patient_id"].unique())
+    return SAMPLES[dataset].patients
 
 
 def patient_slides(dataset, patient):
-    sheet = SAMPLES[dataset]
-    return sheet.index[sheet["patient_id"] == patient].tolist()
+    return SAMPLES[dataset].slides(patient)
 
 
 def split_patients(wildcards):
     """Patient id and label of every patient of a dataset (what the folds depend on)."""
-    return (
-        SAMPLES[wildcards.dataset][["patient_id", "label"]]
-        .drop_duplicates()
-        .sort_values("patient_id")
-        .to_dict("records")
-    )
+    return SAMPLES[wildcards.dataset].patient_labels()
 
 
 def patient_slide_counts(dataset):
-    return SAMPLES[dataset].groupby("patient_id").size().to_dict()
+    return {p: len(s) for p, s in SAMPLES[dataset].by_patient.items()}
 
 
 def slide_files(dataset, with_mask):
     """slide id -> its slide, patch store and (toy cohorts, when asked) mask paths."""
     out = {}
-    for slide in SAMPLES[dataset].index:
+    for slide, row in SAMPLES[dataset].rows.items():
         paths = {
-            "slide": SAMPLES[dataset].loc[slide, "path"],
+            "slide": row["path"],
             "patches": fill(PATCHES, dataset=dataset, slide=slide),
         }
         if with_mask and dataset in TOY_DATASETS:
@@ -190,25 +187,26 @@ def fold_files(template, dataset, method):
 
 # ---------------------------------------------------------------- inputs of the jobs
 # Input functions return named inputs; a nested map is flattened to names joined by "__"
-# (csmil.inputs), which the job's script nests again.
+# (csmil.inputs), which the job's script nests again. Files that many jobs read (a cohort's
+# feature stores, a group's pretraining patches) reach them through a listing job: each
+# input of each job costs Snakemake time while it plans, and a cohort of 10,000 slides
+# read by every MIL fold would make planning take minutes.
 
 
-def pretrain_patch_stores(wildcards):
+def pretraining_inputs(wildcards):
     """Patch stores of the pinned pretraining slides of every dataset in the group."""
     out = []
     for ds in DATASETS:
         if encoder_group(ds) == wildcards.group:
-            sheet = SAMPLES[ds]
             out += [
-                fill(PATCHES, dataset=ds, slide=s)
-                for s in sheet.index[sheet["pretrain"]]
+                fill(PATCHES, dataset=ds, slide=s) for s in SAMPLES[ds].pretrain_slides
             ]
     if not out:
         raise ValueError(
             f"encoder group {wildcards.group!r} has no pretraining slides: mark some slides "
             "with pretrain=true in the sample sheet"
         )
-    return out
+    return {"patches": out}
 
 
 def slide_encoders(wildcards):
@@ -224,7 +222,7 @@ def patient_features(wildcards):
     ]
 
 
-def train_mil_inputs(wildcards):
+def cohort_inputs(wildcards):
     """Every patient's feature stores and phenotype table (MIL training reads them all)."""
     ds = wildcards.dataset
     return flatten(

@@ -1,3 +1,21 @@
+rule list_pretraining:
+    """The patch stores of an encoder group's pretraining slides, as one listing."""
+    input:
+        unpack(pretraining_inputs),
+    output:
+        PRETRAIN_LISTING,
+    log:
+        "logs/list_pretraining/{group}.log",
+    localrule: True
+    conda:
+        "../envs/csmil.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../workflow_scripts/list_inputs.py"
+
+
 rule train_encoder:
     """SimSiam encoder of one scale on the pinned pretraining slides of an encoder group.
 
@@ -6,7 +24,7 @@ rule train_encoder:
     stay comparable, which the shared cross-scale embedding of CS-MIL relies on.
     """
     input:
-        pretrain_patch_stores,
+        pretraining=PRETRAIN_LISTING,
     output:
         encoder=ENCODER,
         history=ENCODER_HISTORY,

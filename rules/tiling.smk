@@ -8,6 +8,8 @@ rule tile_slide:
         "logs/tile_slide/{dataset}/{slide}.log",
     benchmark:
         "results/benchmarks/tile_slide/{dataset}/{slide}.tsv"
+    group:
+        "tiling"
     conda:
         "../envs/csmil.yaml"
     threads: 2

@@ -1,7 +1,25 @@
+rule list_cohort:
+    """Every patient's feature stores and phenotype table, as one listing for MIL training."""
+    input:
+        unpack(cohort_inputs),
+    output:
+        COHORT_LISTING,
+    log:
+        "logs/list_cohort/{dataset}.log",
+    localrule: True
+    conda:
+        "../envs/csmil.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../workflow_scripts/list_inputs.py"
+
+
 rule train_mil:
     """One MIL model on one cross-validation fold: train, select, test, export attention."""
     input:
-        unpack(train_mil_inputs),
+        cohort=COHORT_LISTING,
         splits=SPLITS,
     output:
         model=FOLD_MODEL,

@@ -85,6 +85,7 @@ def job(rule: str, **wildcards) -> tuple[str, frozenset]:
 UPSTREAM_RULES = {
     "make_toy_slide",
     "tile_slide",
+    "list_pretraining",
     "train_encoder",
     "embed_slide",
     "cluster_patient",

@@ -8,7 +8,9 @@ queries) and clusters that want ``--gres=gpu:1`` instead of ``--gpus=1``.
 
 The profile is used as shipped except for the polling interval (2 s instead of 40 s: one
 idle node answers at once). The tiny configuration is cut to its first cohort and two methods:
-every rule and every GPU rule still runs, with 37 SLURM jobs instead of 87.
+every rule and every GPU rule still runs. The profile bundles the per-slide and per-patient
+jobs (rule groups, ``group-components``), so the cluster sees fewer SLURM jobs than the
+workflow has jobs; a second run with bundles of one computes the same features and phenotypes.
 """
 
 import importlib.util
@@ -33,6 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
 GPU_RULES = {"train_encoder", "embed_slide", "train_mil"}
+# The rule groups the profile bundles, the rules in each and whether the bundle runs on a GPU.
+GROUPS = {
+    "tiling": ({"make_toy_slide", "tile_slide"}, False),
+    "embedding": ({"embed_slide"}, True),
+    "phenotypes": ({"cluster_patient"}, False),
+}
 POLLING = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
 WORKFLOW_TIMEOUT_S = 900
 DAEMON_LIFETIME_S = 1800
@@ -214,24 +222,42 @@ def tiny_one_cohort(path: Path) -> Path:
     return path
 
 
+def bundle_sizes() -> dict[str, int]:
+    """Slides (or patients) per SLURM job of each rule group, as the profile sets them."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    return {group: int(n) for group, n in profile["group-components"].items()}
+
+
 @pytest.fixture(scope="module")
 def tiny_on_slurm(tmp_path_factory):
+    """The tiny workflow with the profile's bundles, then its per-slide and per-patient stages
+    again in another folder with bundles of one; the SLURM records of each run."""
     # Four CPU slots and two GPUs, even on a 2-core machine: most of a short job's time is
     # Python start-up and status polling, which overlap well.
     cluster = _boot(accounting=True, gpus=2, cpus=4)
     workdir = tmp_path_factory.mktemp("tiny-slurm")
+    single = tmp_path_factory.mktemp("tiny-slurm-unbundled")
     config = tiny_one_cohort(workdir / "tiny-one-cohort.yaml")
+    (dataset,) = yaml.safe_load(config.read_text())["datasets"]
     try:
         proc = snakemake_on(cluster, workdir, ROOT / "Snakefile", "--configfile", str(config))
         assert proc.returncode == 0, _failure(proc, workdir, cluster)
         records = cluster.jobs()
+        ones = [f"{group}=1" for group in GROUPS]
+        # up to the cohort listing: every slide's features and every patient's phenotypes
+        target = f"results/{dataset}/cohort.inputs.json"
+        args = ["--configfile", str(config), "--group-components", *ones, "--", target]
+        single_proc = snakemake_on(cluster, single, ROOT / "Snakefile", *args)
+        assert single_proc.returncode == 0, _failure(single_proc, single, cluster)
+        seen = {r["id"] for r in records}
+        single_records = [r for r in cluster.jobs() if r["id"] not in seen]
     finally:
         _shutdown(cluster)
-    return workdir, proc, records
+    return workdir, proc, records, (single, single_proc, single_records)
 
 
 def test_tiny_workflow_completes_on_slurm(tiny_on_slurm):
-    workdir, _, _ = tiny_on_slurm
+    workdir, _, _, _ = tiny_on_slurm
     datasets = yaml.safe_load((workdir / "tiny-one-cohort.yaml").read_text())["datasets"]
     (cohort,) = [spec["toy"]["cohort"] for spec in datasets.values()]
     df = pd.read_csv(workdir / "results" / "tables" / "table5.csv")
@@ -246,28 +272,103 @@ def test_tiny_workflow_completes_on_slurm(tiny_on_slurm):
 
 
 def local_rules() -> set[str]:
-    """The rules the Snakefile lists under ``localrules:`` (they run on the submitting node)."""
+    """The rules that run on the submitting node: those the Snakefile lists under
+    ``localrules:`` and those that declare ``localrule: True`` in rules/*.smk."""
     text = (ROOT / "Snakefile").read_text()
     block = re.search(r"^localrules:\n((?:[ \t]+\w+,?[ \t]*\n)+)", text, re.MULTILINE)
     assert block, "the Snakefile declares no localrules"
-    return {name.strip().rstrip(",") for name in block.group(1).split()}
+    local = {name.strip().rstrip(",") for name in block.group(1).split()}
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for rule in re.split(r"^rule ", smk.read_text(), flags=re.MULTILINE)[1:]:
+            if re.search(r"^    localrule: True$", rule, re.MULTILINE):
+                local.add(rule.split(":", 1)[0])
+    return local
+
+
+def group_of(record: dict) -> str | None:
+    """The rule group of a bundled SLURM job (its comment names the group, then its rules),
+    or None for a job of one rule."""
+    name = record["comment"].removeprefix("rule_")
+    for group, (rules, _) in GROUPS.items():
+        if name.startswith(f"{group}_") and name[len(group) + 1 :] in {
+            "_".join(sorted(subset)) for subset in _subsets(rules)
+        }:
+            return group
+    return None
+
+
+def _subsets(rules: set[str]) -> list[set[str]]:
+    items = sorted(rules)
+    return [{r for i, r in enumerate(items) if mask >> i & 1} for mask in range(1, 2 ** len(items))]
+
+
+def cluster_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Jobs per rule that the run planned for the cluster (local rules left out)."""
+    local = local_rules()
+    assert {"all", "evaluate", "list_cohort"} <= local
+    planned = job_stats(proc.stdout + proc.stderr)
+    return {rule: n for rule, n in planned.items() if rule not in local}
 
 
 def test_every_job_went_through_slurm_with_its_resources(tiny_on_slurm):
-    _, proc, records = tiny_on_slurm
-    planned = job_stats(proc.stdout + proc.stderr)
-    local = local_rules()
-    assert "all" in local and "evaluate" in local
-    # local rules (the target rule and the seconds-long ones) run on the submitting node
-    planned = {rule: n for rule, n in planned.items() if rule not in local}
-    ran = Counter(rule_of(r["comment"]) for r in records)
-    assert dict(ran) == planned
-    assert GPU_RULES <= set(ran)
+    _, proc, records, _ = tiny_on_slurm
+    planned = cluster_jobs(proc)
+    grouped = {rule for rules, _ in GROUPS.values() for rule in rules}
+    # jobs of one rule: one SLURM job each
+    single = Counter(rule_of(r["comment"]) for r in records if group_of(r) is None)
+    assert dict(single) == {rule: n for rule, n in planned.items() if rule not in grouped}
+    assert GPU_RULES - grouped <= set(single)
     for r in records:
-        rule = rule_of(r["comment"])
         assert (r["state"], r["exit_code"]) == ("COMPLETED", "0:0"), r
-        if rule in GPU_RULES:
-            # The profile sends GPU rules to the GPU partition; SLURM granted one GPU.
+        group = group_of(r)
+        on_gpu = GROUPS[group][1] if group else rule_of(r["comment"]) in GPU_RULES
+        if on_gpu:
+            # The profile sends GPU rules to the GPU partition; SLURM granted one GPU, also
+            # to a bundle of GPU jobs, which run one after another.
             assert (r["partition"], r["gpus"]) == ("gpu", 1), r
         else:
             assert (r["partition"], r["gpus"]) == ("cpu", 0), r
+
+
+def test_bundles_make_fewer_slurm_jobs_than_jobs(tiny_on_slurm):
+    _, proc, records, _ = tiny_on_slurm
+    planned = cluster_jobs(proc)
+    sizes = bundle_sizes()
+    assert set(sizes) == set(GROUPS)
+    bundles = Counter(group_of(r) for r in records if group_of(r) is not None)
+    for group, (rules, _) in GROUPS.items():
+        # one component per slide (toy slide and its tiling) or patient
+        components = max(planned[rule] for rule in rules)
+        assert bundles[group] == -(-components // sizes[group]), (group, records)
+    n_jobs = sum(planned.values())
+    assert len(records) < n_jobs
+    print(f"SLURM jobs: {len(records)} for {n_jobs} jobs ({len(records) / n_jobs:.2f})")
+
+
+def test_bundles_compute_what_single_jobs_compute(tiny_on_slurm):
+    from csmil.encoders.featurestore import read_features
+    from csmil.mil.phenotypes import read_phenotypes
+
+    workdir, _, _, (single, proc, records) = tiny_on_slurm
+    # bundles of one: every SLURM job of a group holds one slide (or patient) only
+    planned = cluster_jobs(proc)
+    bundles = Counter(group_of(r) for r in records if group_of(r) is not None)
+    for group, (rules, _) in GROUPS.items():
+        assert bundles[group] == max(planned[rule] for rule in rules), (group, records)
+    (dataset,) = yaml.safe_load((workdir / "tiny-one-cohort.yaml").read_text())["datasets"]
+    bundled, alone = workdir / "results" / dataset, single / "results" / dataset
+    stores = sorted(p.name for p in (bundled / "features").glob("*.h5"))
+    assert stores and stores == sorted(p.name for p in (alone / "features").glob("*.h5"))
+    for name in stores:
+        a, b = read_features(bundled / "features" / name), read_features(alone / "features" / name)
+        np.testing.assert_array_equal(a.coords, b.coords)
+        assert a.features.keys() == b.features.keys()
+        for scale in a.features:
+            np.testing.assert_array_equal(a.features[scale], b.features[scale], err_msg=name)
+    tables = sorted(p.name for p in (bundled / "phenotypes").glob("*.tsv"))
+    assert tables and tables == sorted(p.name for p in (alone / "phenotypes").glob("*.tsv"))
+    for name in tables:
+        pd.testing.assert_frame_equal(
+            read_phenotypes(bundled / "phenotypes" / name),
+            read_phenotypes(alone / "phenotypes" / name),
+        )

@@ -1,6 +1,7 @@
 """Snakemake adapter: csmil.encoders.training.train_simsiam."""
 
 from csmil.encoders.training import SimSiamSettings, train_simsiam
+from csmil.inputs import read_listing
 from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -19,7 +20,7 @@ settings = SimSiamSettings(
     seed=p.seed,
 )
 train_simsiam(
-    list(snakemake.input),
+    read_listing(snakemake.input.pretraining)["patches"],
     scale=snakemake.wildcards.scale,
     out_path=snakemake.output.encoder,
     settings=settings,

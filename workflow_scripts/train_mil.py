@@ -1,6 +1,6 @@
 """Snakemake adapter: csmil.mil.training.train_fold on one fold."""
 
-from csmil.inputs import nest
+from csmil.inputs import nest, read_listing
 from csmil.mil.bags import load_patients
 from csmil.mil.splits import read_splits
 from csmil.mil.training import TrainSettings, train_fold
@@ -8,7 +8,7 @@ from csmil.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-files = nest(snakemake.input.items())
+files = nest({**read_listing(snakemake.input.cohort), "splits": snakemake.input.splits})
 splits = read_splits(files["splits"])
 train_fold(
     load_patients(splits, files["features"], files["phenotypes"]),

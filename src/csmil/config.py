@@ -12,8 +12,10 @@ This module reads configuration only; it imports no pipeline stage.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,67 @@ def validate_sample_sheet(
     if base_dir is not None:
         out["path"] = [str(Path(base_dir) / p) if not os.path.isabs(p) else p for p in out["path"]]
     return out.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class SheetIndex:
+    """A validated sample sheet indexed once, so that each lookup costs O(1): the workflow asks
+    for one slide's row or one patient's slides once per job, tens of thousands of times while
+    it plans a large cohort, and a pandas lookup per job would make planning quadratic.
+
+    ``rows`` maps slide id -> that row (column -> value; a missing ``mpp`` is None), in sheet
+    order; ``by_patient`` maps patient id -> its slide ids in sheet order, patients sorted.
+    """
+
+    rows: dict[str, dict[str, Any]]
+    by_patient: dict[str, list[str]]
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> SheetIndex:
+        """Index a sheet as :func:`validate_sample_sheet` returns it (slide ids unique)."""
+        rows = {}
+        for row in df.to_dict("records"):
+            mpp = row.get("mpp")
+            if isinstance(mpp, float) and math.isnan(mpp):  # empty cell: the file's own MPP
+                row["mpp"] = None
+            rows[str(row["slide_id"])] = row
+        if len(rows) != len(df):
+            raise ConfigError("slide_id must be unique to index a sample sheet")
+        by_patient: dict[str, list[str]] = {}
+        for slide, row in rows.items():
+            by_patient.setdefault(str(row["patient_id"]), []).append(slide)
+        return cls(rows, {p: by_patient[p] for p in sorted(by_patient)})
+
+    def row(self, slide: str) -> dict[str, Any]:
+        """The row of ``slide``; a KeyError names the slide when the sheet lacks it."""
+        try:
+            return self.rows[slide]
+        except KeyError:
+            raise KeyError(f"slide {slide!r} is not in the sample sheet") from None
+
+    def slides(self, patient: str) -> list[str]:
+        """The slide ids of ``patient``, in sheet order."""
+        try:
+            return self.by_patient[patient]
+        except KeyError:
+            raise KeyError(f"patient {patient!r} is not in the sample sheet") from None
+
+    @property
+    def patients(self) -> list[str]:
+        """Patient ids, sorted."""
+        return list(self.by_patient)
+
+    @property
+    def pretrain_slides(self) -> list[str]:
+        """Slide ids pinned for encoder pretraining, in sheet order."""
+        return [s for s, row in self.rows.items() if row.get("pretrain", False)]
+
+    def patient_labels(self) -> list[dict[str, Any]]:
+        """``{"patient_id", "label"}`` of every patient, sorted by patient id."""
+        return [
+            {"patient_id": p, "label": self.rows[slides[0]]["label"]}
+            for p, slides in self.by_patient.items()
+        ]
 
 
 def derive_seed(seed: int, *keys: str | int) -> int:
