@@ -1,8 +1,15 @@
 # csmil: cross-scale multiple-instance learning for whole-slide images.
 # Run: snakemake --profile profiles/local   (or profiles/slurm on a cluster)
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.17")
+
+# HDF5's POSIX file locks fail or hang on some shared cluster filesystems (NFS, Lustre,
+# BeeGFS). Jobs read stores without locks and write each store to a temporary file of their
+# own; jobs started here or by SLURM inherit this. Set it to TRUE beforehand to keep locks.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 
 configfile: "config.yaml"

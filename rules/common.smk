@@ -42,6 +42,7 @@ METRICS = f"{RESULTS}/{{dataset}}/mil/{{method}}/metrics.tsv"
 CURVES = f"{RESULTS}/{{dataset}}/mil/{{method}}/curves.tsv"
 COMPARE = f"{RESULTS}/{{dataset}}/compare.tsv"
 TABLE = f"{RESULTS}/tables/{{table}}"
+SLIDE_QC = f"{RESULTS}/tables/slide_qc_{{dataset}}.tsv"
 ROC_PR = f"{RESULTS}/figures/{{dataset}}/roc_pr.png"
 SCALE_ATTENTION_PLOT = f"{RESULTS}/figures/{{dataset}}/scale_attention.png"
 ATTENTION_MAPS = f"{RESULTS}/figures/{{dataset}}/attention_maps"
@@ -162,6 +163,19 @@ def split_patients(wildcards):
 
 def patient_slide_counts(dataset):
     return {p: len(s) for p, s in SAMPLES[dataset].by_patient.items()}
+
+
+def dataset_patch_stores(wildcards):
+    """The patch store of every slide of a dataset that the sample sheet keeps."""
+    return [
+        fill(PATCHES, dataset=wildcards.dataset, slide=s)
+        for s in SAMPLES[wildcards.dataset].rows
+    ]
+
+
+def excluded_slides(wildcards):
+    """Slide id -> reason, for the slides the sample sheet's exclude column leaves out."""
+    return SAMPLES[wildcards.dataset].excluded
 
 
 def slide_files(dataset, with_mask):
@@ -384,6 +398,7 @@ def all_targets():
     """Every result of a run: the rules' own outputs (rules.<name>.output), per dataset and
     method where they have wildcards."""
     per_dataset = [
+        rules.slide_qc.output,
         rules.compare.output,
         rules.roc_pr.output,
         rules.attention_maps.output,

@@ -25,3 +25,27 @@ rule tile_slide:
         mpp=slide_mpp,
     script:
         "../workflow_scripts/tile_slide.py"
+
+
+rule slide_qc:
+    """Per-slide quality control of a dataset: tiles, tissue, MPP source, levels read."""
+    input:
+        stores=dataset_patch_stores,
+    output:
+        report(
+            SLIDE_QC,
+            caption="../report/slide_qc.rst",
+            category="Quality control",
+            labels={"dataset": "{dataset}"},
+        ),
+    log:
+        "logs/slide_qc/{dataset}.log",
+    conda:
+        "../envs/csmil.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        excluded=excluded_slides,
+    script:
+        "../workflow_scripts/slide_qc.py"

@@ -8,6 +8,7 @@ Examples::
     csmil embed patches.h5 features.h5 --encoder 20x=e20.pt --encoder 10x=e10.pt ...
     csmil cluster phenotypes.tsv features/a.h5 features/b.h5
     csmil validate config.yaml --samples samples.tsv
+    csmil qc samples.tsv results/lab/patches --out slide_qc.tsv
     csmil models
 """
 
@@ -122,6 +123,24 @@ def cmd_validate(a: argparse.Namespace) -> object:
     return out
 
 
+def cmd_qc(a: argparse.Namespace) -> object:
+    from pathlib import Path
+
+    from csmil.config import SheetIndex, load_sample_sheet
+    from csmil.slides.qc import qc_table, write_qc_table
+
+    sheet = SheetIndex.from_frame(load_sample_sheet(a.samples))
+    stores = {slide: Path(a.patches) / f"{slide}.h5" for slide in sheet.rows}
+    df = qc_table(stores, sheet.excluded)
+    if a.out:
+        write_qc_table(df, a.out)
+    shown = df[["slide_id", "status", "tiles", "tissue_fraction", "mpp_source", "reason"]]
+    print(shown.to_string(index=False, na_rep="-", max_colwidth=100))
+    counts = df["status"].value_counts()
+    print("; ".join(f"{status}: {n}" for status, n in counts.items()))
+    return None
+
+
 def cmd_models(a: argparse.Namespace) -> object:
     from csmil.mil.models import MIL_MODELS, count_parameters, create_mil_model
 
@@ -212,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--samples", action="append")
     s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser(
+        "qc",
+        help="slide QC table of a dataset: ok, empty, failed (with the reason), excluded, pending",
+    )
+    s.add_argument("samples", help="the dataset's sample sheet (TSV)")
+    s.add_argument("patches", help="the dataset's patch-store folder, e.g. results/lab/patches")
+    s.add_argument("--out", help="also write the table (TSV) here")
+    s.set_defaults(func=cmd_qc)
 
     s = sub.add_parser("models", help="list the MIL models and their parameter counts")
     s.add_argument("--in-dim", type=int, default=2048)

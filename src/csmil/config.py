@@ -15,7 +15,7 @@ import copy
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,9 @@ import yaml
 # The schemas ship inside the package (src/csmil/schemas links to the top-level schemas/).
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SAMPLE_COLUMNS = ("slide_id", "patient_id", "path", "label")
+#: Values of the optional ``exclude`` column that keep a slide in; any other text leaves the
+#: slide out of every stage and is reported as the reason in the slide QC table.
+KEEP_VALUES = ("", "false", "no", "0")
 
 
 class ConfigError(ValueError):
@@ -101,7 +104,8 @@ def load_sample_sheet(path: str | os.PathLike, base_dir: str | os.PathLike | Non
     against ``base_dir`` (default: the sheet's folder is NOT used; paths are taken as given
     relative to the working directory, as Snakemake does).
 
-    Returns a DataFrame with at least ``slide_id, patient_id, path, label, pretrain``.
+    Returns a DataFrame with at least ``slide_id, patient_id, path, label, pretrain, exclude``
+    (``exclude`` is ``""`` for a slide that is kept, else the reason it is left out).
     """
     path = Path(path)
     if not path.exists():
@@ -123,6 +127,9 @@ def _coerce_row(row: dict) -> dict:
             out["pretrain"] = False
         elif text in ("true", "1", "yes"):
             out["pretrain"] = True
+    if "exclude" in out:
+        text = str(out["exclude"]).strip()
+        out["exclude"] = "" if text.lower() in KEEP_VALUES else text
     if "mpp" in out:
         text = str(out["mpp"]).strip()
         try:
@@ -140,7 +147,7 @@ def validate_sample_sheet(
     if missing:
         raise ConfigError(
             f"{source}: missing column(s) {missing}; a sample sheet needs tab-separated columns "
-            f"{list(SAMPLE_COLUMNS)} (optional: pretrain, mpp)"
+            f"{list(SAMPLE_COLUMNS)} (optional: pretrain, mpp, exclude)"
         )
     validator = jsonschema.Draft202012Validator(_schema("samples.schema.yaml"))
     rows, problems = [], []
@@ -169,6 +176,8 @@ def validate_sample_sheet(
     if "pretrain" not in out.columns:
         out["pretrain"] = False
     out["pretrain"] = out["pretrain"].astype(bool)
+    if "exclude" not in out.columns:
+        out["exclude"] = ""
     if base_dir is not None:
         out["path"] = [str(Path(base_dir) / p) if not os.path.isabs(p) else p for p in out["path"]]
     return out.reset_index(drop=True)
@@ -182,26 +191,34 @@ class SheetIndex:
 
     ``rows`` maps slide id -> that row (column -> value; a missing ``mpp`` is None), in sheet
     order; ``by_patient`` maps patient id -> its slide ids in sheet order, patients sorted.
+    Slides whose ``exclude`` column holds a reason are in neither: ``excluded`` maps them to
+    that reason, and a patient whose slides are all excluded leaves the cohort.
     """
 
     rows: dict[str, dict[str, Any]]
     by_patient: dict[str, list[str]]
+    excluded: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> SheetIndex:
         """Index a sheet as :func:`validate_sample_sheet` returns it (slide ids unique)."""
-        rows = {}
+        rows, excluded = {}, {}
         for row in df.to_dict("records"):
             mpp = row.get("mpp")
             if isinstance(mpp, float) and math.isnan(mpp):  # empty cell: the file's own MPP
                 row["mpp"] = None
-            rows[str(row["slide_id"])] = row
-        if len(rows) != len(df):
-            raise ConfigError("slide_id must be unique to index a sample sheet")
+            slide = str(row["slide_id"])
+            if slide in rows or slide in excluded:
+                raise ConfigError(f"slide_id must be unique to index a sample sheet: {slide!r}")
+            reason = str(row.get("exclude") or "")
+            if reason:
+                excluded[slide] = reason
+            else:
+                rows[slide] = row
         by_patient: dict[str, list[str]] = {}
         for slide, row in rows.items():
             by_patient.setdefault(str(row["patient_id"]), []).append(slide)
-        return cls(rows, {p: by_patient[p] for p in sorted(by_patient)})
+        return cls(rows, {p: by_patient[p] for p in sorted(by_patient)}, excluded)
 
     def row(self, slide: str) -> dict[str, Any]:
         """The row of ``slide``; a KeyError names the slide when the sheet lacks it."""

@@ -31,7 +31,7 @@ import torch
 
 from csmil import SCALES
 from csmil.io import write_tsv
-from csmil.runtime import select_device, set_threads
+from csmil.runtime import select_device, set_compute_threads
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,6 @@ def predict_slides(
     ids = [Path(p).stem for p in slide_paths]
     if len(set(ids)) != len(ids):
         raise ValueError(f"slide names must be unique; received {ids}")
-    set_threads(num_threads)
     dev = select_device(device)
     models, settings = _load_models(model_paths, dev)
     patch_px = int(load_encoder(encoder_paths["20x"])[1]["patch_px"])
@@ -144,7 +143,7 @@ def predict_slides(
         tile_slide(slide, patches, patch_px=patch_px, tissue_threshold=tissue_threshold,
                    mask_mpp=mask_mpp, slide_id=sid)  # fmt: skip
         embed_slide(patches, encoder_paths, features, batch_size=batch_size, device=device,
-                    slide_id=sid)  # fmt: skip
+                    slide_id=sid, num_threads=num_threads)  # fmt: skip
         cluster_patient([features], phenotypes, n_clusters=settings["n_clusters"], seed=seed)
         patient = load_patient(sid, 0, [features], phenotypes)  # label unused when scoring
         row: dict[str, Any] = {"slide_id": sid, "slide_path": str(slide), "n_patches": patient.n,
@@ -158,6 +157,7 @@ def predict_slides(
                 f"{sid}: the encoders give {patient.dim}-d features but the models take "
                 f"{settings['in_dim']}-d; use the encoders of the run that trained the models"
             )
+        set_compute_threads("mil", num_threads)  # as in training: the same numbers
         probs, attention = score_patient(
             models, patient, settings["n_clusters"], settings["bag_mode"] or "cluster",
             n_bags, seed + i, dev,

@@ -113,17 +113,6 @@ def set_compute_threads(kind: str, job_threads: int | None = None) -> int:
     return n
 
 
-def set_threads(n: int | None) -> None:
-    """Limit torch's intra-op threads to ``n`` (no oversubscription).
-
-    Results on the CPU depend on this number; workflow steps use :func:`set_compute_threads`.
-    """
-    import torch
-
-    if n and n > 0:
-        torch.set_num_threads(int(n))
-
-
 def versions() -> dict[str, str]:
     """Versions of the packages that decide results, stored in every checkpoint."""
     import h5py

@@ -90,7 +90,8 @@ def read_features(path: str | os.PathLike, scales: tuple[str, ...] | None = None
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"feature store {path} does not exist; run the embed step first")
-    with h5py.File(path, "r") as h5:
+    # No POSIX lock: read-only, and locks fail or hang on some cluster filesystems.
+    with h5py.File(path, "r", locking=False) as h5:
         if h5.attrs.get("format") != FORMAT or h5.attrs.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} is not a csmil feature store of version {FORMAT_VERSION}")
         names = tuple(json.loads(h5.attrs["scale_names"]))

@@ -25,7 +25,8 @@ CONVERT_FIX = (
 #: What to do with a file whose bytes are damaged or missing.
 RECOPY_FIX = (
     "Copy the file again from its source and compare sizes or checksums; if the source is "
-    "damaged too, export or scan the slide again, or remove it from the sample sheet"
+    "damaged too, export or scan the slide again, or leave the slide out with a reason in "
+    "the sample sheet's exclude column"
 )
 
 _MAGIC = (  # first bytes of common non-slide files

@@ -305,7 +305,8 @@ def open_patch_store(path: str | os.PathLike) -> PatchStore:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"patch store {path} does not exist; run the tile step first")
-    h5 = h5py.File(path, "r")
+    # No POSIX lock: read-only, and locks fail or hang on some cluster filesystems.
+    h5 = h5py.File(path, "r", locking=False)
     fmt, ver = h5.attrs.get("format"), h5.attrs.get("format_version")
     if fmt == FORMAT and ver == 1:
         h5.close()
