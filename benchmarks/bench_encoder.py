@@ -38,7 +38,7 @@ from csmil.encoders.embedding import embed_scale  # noqa: E402
 from csmil.encoders.simsiam import SimSiam, build_backbone, load_encoder, save_encoder  # noqa: E402
 from csmil.encoders.training import SimSiamSettings, history_path, train_simsiam  # noqa: E402
 from csmil.io import read_tsv  # noqa: E402
-from csmil.runtime import select_device, set_threads, setup_logging  # noqa: E402
+from csmil.runtime import select_device, setup_logging  # noqa: E402
 from csmil.slides.patchstore import open_patch_store  # noqa: E402
 
 
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(level=logging.ERROR)
     os.environ.setdefault("CSMIL_NO_PROGRESS", "1")
     dev = select_device(args.device)
-    set_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the pipeline and the model alone alike
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     mode = f"{torch.cuda.get_device_name()}, bf16 + channels-last" if dev.type == "cuda" else "fp32"

@@ -21,7 +21,7 @@ from csmil.mil.bags import load_patients
 from csmil.mil.results import read_history
 from csmil.mil.splits import read_splits
 from csmil.mil.training import TrainSettings, train_fold
-from csmil.runtime import set_threads, setup_logging
+from csmil.runtime import setup_logging
 
 METHODS = {
     "deepattnmisl_20x": {},
@@ -47,7 +47,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     setup_logging(level=logging.WARNING)
-    set_threads(args.threads)
     root = Path(args.results) / args.dataset
     splits = read_splits(root / "splits.tsv")
     phen = {p: root / "phenotypes" / f"{p}.tsv" for p in splits["patient_id"]}
