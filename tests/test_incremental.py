@@ -282,7 +282,11 @@ def test_changing_a_stage_setting_reruns_that_stage_and_what_follows(grown, chan
     clustering = {job("cluster_patient", dataset=DATASET, patient=p) for p in rows["patient_id"]}
     stages = {
         # The splits depend on patients and labels only, never on pixels or features.
-        "tile": tiling | encoders | embedding | clustering,
+        "tile": tiling
+        | {job("list_pretraining", group=DATASET)}
+        | encoders
+        | embedding
+        | clustering,
         "cluster": clustering,
         "mil": set(),
     }
