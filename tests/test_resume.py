@@ -104,5 +104,13 @@ def test_resume_state_of_other_settings_is_refused(stores, tmp_path):
     assert saved_epoch(resume_path(out)) == 1
     with pytest.raises(ValueError, match="other settings or patch stores.*delete it"):
         train_simsiam(stores, "20x", out, SimSiamSettings(seed=6, **quick), num_threads=1)
+    # a store written again at the same path (re-tiled) is another store
+    before = os.stat(stores[1])
+    os.utime(stores[1], ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    try:
+        with pytest.raises(ValueError, match="other settings or patch stores.*delete it"):
+            train_simsiam(stores, "20x", out, SimSiamSettings(seed=5, **quick), num_threads=1)
+    finally:
+        os.utime(stores[1], ns=(before.st_atime_ns, before.st_mtime_ns))
     done = train_simsiam(stores, "20x", out, SimSiamSettings(seed=5, **quick), num_threads=1)
     assert done["resumed_from_epoch"] == 1 and not resume_path(out).exists()

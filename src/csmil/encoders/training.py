@@ -216,11 +216,13 @@ def resume_path(out_path: str | os.PathLike) -> Path:
 
 
 def run_fingerprint(settings: SimSiamSettings, patch_stores: Sequence, scale: str) -> str:
-    """Hash of what a run's result depends on: settings, scale and patch store paths."""
-    key = {
-        "settings": asdict(settings), "scale": scale,
-        "patch_stores": [str(Path(p)) for p in patch_stores],
-    }  # fmt: skip
+    """Hash of what a run's result depends on: settings, scale and the patch stores (path,
+    size and modification time: a store re-tiled to the same path is another store)."""
+    stores = []
+    for p in patch_stores:
+        st = Path(p).stat()
+        stores.append([str(Path(p)), st.st_size, st.st_mtime_ns])
+    key = {"settings": asdict(settings), "scale": scale, "patch_stores": stores}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
