@@ -110,10 +110,12 @@ def parse_jobs(text: str) -> list[Job]:
 
 
 def snakemake_cmd(config: Path, *args: str, rerun_incomplete: bool = True) -> list[str]:
+    # The target goes first: an option that takes several values (--forcerun) would take a
+    # target after it as one of its values, and Snakemake would run the whole workflow.
     return [
-        sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--configfile",
-        str(config), "--cores", "2", *(["--rerun-incomplete"] if rerun_incomplete else []),
-        *args, TARGET,
+        sys.executable, "-m", "snakemake", TARGET, "-s", str(ROOT / "Snakefile"),
+        "--configfile", str(config), "--cores", "2",
+        *(["--rerun-incomplete"] if rerun_incomplete else []), *args,
     ]  # fmt: skip
 
 
