@@ -5,7 +5,10 @@ import pytest
 from csmil.evaluation.compare import COMPARE_COLUMNS
 from csmil.io import write_tsv
 from csmil.mil.models import create_mil_model, save_mil_checkpoint
+from csmil.mil.results import MEMORY_COLUMNS
 from csmil.reporting.tables import (
+    CPU_LABEL,
+    GPU_LABEL,
     NOT_RUN,
     RSS_LABEL,
     dataset_counts,
@@ -144,12 +147,20 @@ def test_table6_counts_parameters_and_reads_benchmarks(tmp_path):
     assert df.loc["csmil", "peak_memory_mb"] == 150.0
     assert df.loc["csmil", "memory_measure"] == RSS_LABEL
     assert df.loc["csmil", "seconds_per_epoch"] == 2.0
-    # a GPU record in the history wins over the benchmark's RSS
-    h = runs["csmil"]["histories"][0]
-    write_tsv(pd.DataFrame({"epoch": [1], "seconds": [1.0], "cuda_max_allocated_mb": [42.0]}), h)
+    # the histories' training memory wins over the benchmark's whole-job RSS; GPU over CPU
+    h0, h1 = runs["csmil"]["histories"]
+    cpu = MEMORY_COLUMNS["cpu"]
+    write_tsv(pd.DataFrame({"epoch": [1, 2], "seconds": [1.0, 1.0], cpu: [3.0, 7.0]}), h0)
+    write_tsv(pd.DataFrame({"epoch": [1, 2], "seconds": [1.0, 1.0], cpu: [2.0, 5.0]}), h1)
+    df = table6({"toy": runs}).set_index("method")
+    assert df.loc["csmil", "peak_memory_mb"] == 7.0
+    assert df.loc["csmil", "memory_measure"] == CPU_LABEL
+    assert df.loc["deepattnmisl_5x", "memory_measure"] == RSS_LABEL  # no record: the job's
+    cuda = MEMORY_COLUMNS["cuda"]
+    write_tsv(pd.DataFrame({"epoch": [1], "seconds": [1.0], cuda: [42.0]}), h0)
     df = table6({"toy": runs}).set_index("method")
     assert df.loc["csmil", "peak_memory_mb"] == 42.0
-    assert "CUDA" in df.loc["csmil", "memory_measure"]
+    assert df.loc["csmil", "memory_measure"] == GPU_LABEL
 
 
 def test_write_report_table_writes_numbers_and_display(tmp_path):

@@ -17,7 +17,12 @@ from csmil.io import read_tsv
 from csmil.mil.bags import EmptyPatientError, PatientBags, PatientBagSource
 from csmil.mil.inference import attention_table
 from csmil.mil.models import MIL_MODELS, MILOutput, load_mil_checkpoint, model_options
-from csmil.mil.results import ATTENTION_COLUMNS, HISTORY_COLUMNS, PREDICTION_COLUMNS
+from csmil.mil.results import (
+    ATTENTION_COLUMNS,
+    HISTORY_COLUMNS,
+    MEMORY_COLUMNS,
+    PREDICTION_COLUMNS,
+)
 from csmil.mil.splits import fold_partition
 from csmil.mil.training import TrainSettings, bag_nll, model_loss, train_fold
 
@@ -83,7 +88,9 @@ def test_learns_a_separable_problem_and_writes_documented_outputs(tmp_path, meth
     assert (preds["n_patches"] == preds["patient_id"].map(n_patches)).all()
 
     hist = read_tsv(tmp_path / "history.tsv")
-    assert list(hist.columns) == list(HISTORY_COLUMNS) and len(hist) == 40
+    memory = MEMORY_COLUMNS["cpu"]  # the peak so far: never falls
+    assert list(hist.columns) == [*HISTORY_COLUMNS, memory] and len(hist) == 40
+    assert (hist[memory] >= 0).all() and hist[memory].is_monotonic_increasing
     assert hist["best"].sum() == 1
     best = hist.loc[hist["best"], "epoch"].item()
     assert best == hist.loc[hist["val_loss"] == hist["val_loss"].min(), "epoch"].max()

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from csmil.reporting.tables import CPU_LABEL
+
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny settings: an overlay on config.yaml, merged by Snakemake in this order.
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
@@ -83,6 +85,8 @@ def test_tables_and_figures_are_written(tiny_run):
         assert (res / "tables" / f"table{n}.md").read_text().count("|") > 10
     t6 = pd.read_csv(res / "tables" / "table6.csv")
     assert len(t6) >= len(configured_methods())
+    # the training memory of each model (a CPU run), not the whole job's
+    assert (t6["memory_measure"] == CPU_LABEL).all() and (t6["peak_memory_mb"] >= 0).all()
     for ds in ("micro", "macro"):
         assert (res / "figures" / ds / "roc_pr.png").stat().st_size > 10_000
         assert any((res / "figures" / ds / "attention_maps").glob("*.png"))

@@ -1,4 +1,5 @@
-"""Runtime plumbing: logging set-up, progress bars, device choice, seeding, version record."""
+"""Runtime plumbing: logging set-up, progress bars, device choice, seeding, compute threads,
+training memory, version record."""
 
 from __future__ import annotations
 
@@ -111,6 +112,64 @@ def set_compute_threads(kind: str, job_threads: int | None = None) -> int:
             kind, n, int(job_threads),
         )  # fmt: skip
     return n
+
+
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def _status_mb(field: str) -> float:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``), MB; NaN where there is none."""
+    try:
+        with open(_STATUS) as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class TrainingMemory:
+    """The memory a stretch of training takes, measured from :meth:`start` on.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` since its peak was reset at :meth:`start`
+    (the model, its gradients and optimiser state, activations; what the paper reports). On
+    the CPU: the peak resident set above the process's level at :meth:`start`, which excludes
+    the interpreter, torch and the loaded features. Linux resets the peak (``VmHWM``) when "5"
+    is written to /proc/self/clear_refs; where that is not possible the CPU figure is NaN and
+    readers fall back to the job's whole peak RSS. :attr:`kind` is ``"cuda"`` or ``"cpu"``.
+    """
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.kind = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
+        self.cuda = self.kind == "cuda"
+        self._base = float("nan")
+
+    def start(self) -> TrainingMemory:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        try:
+            with open(_CLEAR_REFS, "w") as fh:
+                fh.write("5")
+        except OSError:
+            self._base = float("nan")
+        else:
+            self._base = _status_mb("VmRSS")
+        return self
+
+    def peak_mb(self) -> float:
+        """Peak since :meth:`start`, MB (NaN where it cannot be measured)."""
+        if self.cuda:
+            import torch
+
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return max(_status_mb("VmHWM") - self._base, 0.0)
 
 
 def versions() -> dict[str, str]:

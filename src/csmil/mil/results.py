@@ -5,7 +5,9 @@ evaluation, reporting and prediction read them only through here.
 
 * ``history.tsv`` (:data:`HISTORY_COLUMNS`): one row per epoch; ``train_loss`` and
   ``val_loss`` are mean bag NLLs (``val_loss`` NaN without validation patients), ``seconds`` the
-  epoch's wall time, ``best`` marks the selected epoch.
+  epoch's wall time, ``best`` marks the selected epoch; then one of :data:`MEMORY_COLUMNS`, the
+  training memory so far (CUDA max allocated, or on the CPU the peak resident set above the
+  level before training), which differs from run to run like ``seconds``.
 * ``predictions.tsv`` (:data:`PREDICTION_COLUMNS`): one row per test patient; ``prob`` is the
   mean probability over the test bags (``prob_median``, ``prob_max`` their median and maximum),
   ``n_patches`` the patient's patch count.
@@ -26,6 +28,12 @@ from csmil import SCALES
 from csmil.io import read_tsv, write_tsv
 
 HISTORY_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "seconds", "best")
+#: The training-memory column a history has after :data:`HISTORY_COLUMNS`, by device
+#: (:class:`csmil.runtime.TrainingMemory`): the peak so far at each epoch's end, MB.
+MEMORY_COLUMNS: dict[str, str] = {
+    "cuda": "cuda_max_allocated_mb",
+    "cpu": "cpu_rss_above_start_mb",
+}
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "patient_id",
     "label",

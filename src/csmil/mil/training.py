@@ -69,6 +69,7 @@ from csmil.mil.models import (
 )
 from csmil.mil.results import (
     HISTORY_COLUMNS,
+    MEMORY_COLUMNS,
     empty_attention,
     predictions_table,
     write_attention,
@@ -76,7 +77,13 @@ from csmil.mil.results import (
     write_predictions,
 )
 from csmil.mil.splits import fold_partition, read_splits
-from csmil.runtime import progress, seed_everything, select_device, set_compute_threads
+from csmil.runtime import (
+    TrainingMemory,
+    progress,
+    seed_everything,
+    select_device,
+    set_compute_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +258,10 @@ def fit(
 ) -> pd.DataFrame:
     """Step 3: the training loop over the patient positions ``train_w`` (selecting on ``val_w``,
     or on the training loss when it is empty). Leaves ``model`` holding the selected weights;
-    returns the history (:data:`csmil.mil.results.HISTORY_COLUMNS`)."""
+    returns the history (:data:`csmil.mil.results.HISTORY_COLUMNS`, then the training memory
+    so far at each epoch's end in the device's :data:`csmil.mil.results.MEMORY_COLUMNS`
+    column: :class:`csmil.runtime.TrainingMemory` started here, before the optimiser)."""
+    memory = TrainingMemory(source.device).start()
     opt = torch.optim.Adam(
         model.parameters(), lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay
     )
@@ -281,7 +291,7 @@ def fit(
         if score <= best_score:  # a later tie wins, as in the authors' code
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        history.append((epoch, train_loss, val_loss, time.perf_counter() - te))
+        history.append((epoch, train_loss, val_loss, time.perf_counter() - te, memory.peak_mb()))
         log.info(
             "%s epoch %d/%d: train loss %.4f, validation loss %.4f%s",
             desc,
@@ -294,8 +304,9 @@ def fit(
     if best_state is None:
         raise FloatingPointError(f"{desc}: the loss was NaN in every epoch; lower the lr")
     model.load_state_dict(best_state)
-    hist = pd.DataFrame(history, columns=list(HISTORY_COLUMNS[:4]))
-    hist["best"] = hist["epoch"] == best_epoch
+    memory_column = MEMORY_COLUMNS[memory.kind]
+    hist = pd.DataFrame(history, columns=[*HISTORY_COLUMNS[:4], memory_column])
+    hist.insert(4, "best", hist["epoch"] == best_epoch)
     return hist
 
 

@@ -11,10 +11,11 @@
   "not run" row, never an error.
 * Table 4 (toy Table 4, for any cohort): patient, slide, patch and bag counts of the
   cross-validation.
-* Table 6: parameters at the run's feature size and at 2048-d, peak memory of training (CUDA
-  max allocated when the training history records it as ``cuda_max_allocated_mb``, else the
-  peak resident set size of the training job from its Snakemake benchmark, labelled as such)
-  and seconds per epoch.
+* Table 6: parameters at the run's feature size and at 2048-d, the peak memory of training as
+  the histories record it (CUDA max allocated on a GPU; on the CPU the peak resident set above
+  the process's level before training), labelled (:data:`MEMORY_LABELS`; histories without it
+  fall back to the training job's whole peak RSS from its Snakemake benchmark), and seconds per
+  epoch.
 
 Each table is a numeric CSV plus a Markdown rendering for people (:func:`write_report_table`).
 """
@@ -33,7 +34,7 @@ from csmil.evaluation.compare import significance
 from csmil.io import atomic_path, read_tsv
 from csmil.mil.methods import MethodSpec, method_spec
 from csmil.mil.models import count_parameters, create_mil_model, load_mil_checkpoint
-from csmil.mil.results import read_history
+from csmil.mil.results import MEMORY_COLUMNS, read_history
 from csmil.mil.splits import fold_partition, read_splits
 from csmil.reporting.markdown import to_markdown
 
@@ -41,9 +42,15 @@ log = logging.getLogger(__name__)
 
 NOT_RUN = "not run"
 PAPER_DIM = 2048
-GPU_MEMORY_COLUMN = "cuda_max_allocated_mb"
-RSS_LABEL = "peak RSS (CPU, MB)"
-GPU_LABEL = "peak GPU memory (CUDA max allocated, MB)"
+#: What Table 6's memory measures, by the record it comes from: the histories' training
+#: memory (:data:`csmil.mil.results.MEMORY_COLUMNS`), else the Snakemake benchmark's peak RSS
+#: of the whole job (histories written before training memory was recorded).
+MEMORY_LABELS: dict[str, str] = {
+    "cuda": "peak GPU memory of training (CUDA max allocated, MB)",
+    "cpu": "peak RSS of training above the process before it (CPU, MB)",
+    "job": "peak RSS of the whole job, torch included (CPU, MB)",
+}
+GPU_LABEL, CPU_LABEL, RSS_LABEL = (MEMORY_LABELS[k] for k in ("cuda", "cpu", "job"))
 
 MODEL_NAMES = {
     "deepattnmisl": "DeepAttnMISL",
@@ -248,14 +255,17 @@ def table4(counts: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
 
 
 def _memory(histories, benchmarks) -> tuple[float, str]:
-    """Peak training memory over folds, MB, and what it measures."""
-    gpu = []
+    """Peak training memory over folds, MB, and what it measures (:data:`MEMORY_LABELS`): the
+    histories' GPU figure, else their CPU figure, else the benchmarks' whole-job RSS."""
+    recorded = {kind: [] for kind in MEMORY_COLUMNS}
     for path in histories:
         h = read_history(path)
-        if GPU_MEMORY_COLUMN in h.columns:
-            gpu.append(float(pd.to_numeric(h[GPU_MEMORY_COLUMN], errors="coerce").max()))
-    if gpu and np.isfinite(gpu).any():
-        return float(np.nanmax(gpu)), GPU_LABEL
+        for kind, column in MEMORY_COLUMNS.items():
+            if column in h.columns:
+                recorded[kind].append(float(pd.to_numeric(h[column], errors="coerce").max()))
+    for kind in ("cuda", "cpu"):
+        if np.isfinite(recorded[kind]).any():
+            return float(np.nanmax(recorded[kind])), MEMORY_LABELS[kind]
     rss = []
     for path in benchmarks:
         if os.path.exists(path):
@@ -402,6 +412,6 @@ def write_table6(runs, csv_path: str | os.PathLike, md_path: str | os.PathLike) 
     write_report_table(df, csv_path, md_path, md, title="Table 6: model complexity",
                        floatfmt=".2f", footnotes=[
                            "params: at the run's feature size; params_2048: at 2048-d features "
-                           "(the paper's). Memory: peak over the folds of the training job.",
+                           "(the paper's). Memory: the peak over the folds of what its label says.",
                            *([HIPT_NOTE] if (df["model"] == "HIPT").any() else [])])  # fmt: skip
     return df
