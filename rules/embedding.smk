@@ -13,7 +13,7 @@ rule embed_slide:
         "embedding"
     conda:
         "../envs/csmil.yaml"
-    threads: 2
+    threads: config["embedding"]["threads"]
     resources:
         gpu=1,
         mem_mb=4000,

@@ -12,7 +12,7 @@ rule tile_slide:
         "tiling"
     conda:
         "../envs/csmil.yaml"
-    threads: 2
+    threads: config["tiling"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
