@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csmil.runtime import setup_logging
+from csmil.runtime import setup_logging, status_mb
 
 
 def store_sizes(d: Path, patch_px: int, qualities: list[int], threads: int) -> None:
@@ -82,10 +82,8 @@ def store_sizes(d: Path, patch_px: int, qualities: list[int], threads: int) -> N
 def _maxrss_mb() -> float:
     """Peak resident memory of this process (VmHWM; ru_maxrss would include the parent's
     peak from before the exec), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mb("VmHWM")
+    return peak if np.isfinite(peak) else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _tile_job(svs: str, out: str, patch_px: int, threads: int, q) -> None:

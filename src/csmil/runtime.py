@@ -118,7 +118,7 @@ _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
 
 
-def _status_mb(field: str) -> float:
+def status_mb(field: str) -> float:
     """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``), MB; NaN where there is none."""
     try:
         with open(_STATUS) as fh:
@@ -144,11 +144,10 @@ class TrainingMemory:
     def __init__(self, device) -> None:
         self.device = device
         self.kind = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
-        self.cuda = self.kind == "cuda"
         self._base = float("nan")
 
     def start(self) -> TrainingMemory:
-        if self.cuda:
+        if self.kind == "cuda":
             import torch
 
             torch.cuda.synchronize(self.device)
@@ -158,18 +157,18 @@ class TrainingMemory:
             with open(_CLEAR_REFS, "w") as fh:
                 fh.write("5")
         except OSError:
-            self._base = float("nan")
-        else:
-            self._base = _status_mb("VmRSS")
+            return self  # the peak cannot be reset: NaN, as before start
+        self._base = status_mb("VmRSS")
         return self
 
     def peak_mb(self) -> float:
         """Peak since :meth:`start`, MB (NaN where it cannot be measured)."""
-        if self.cuda:
+        if self.kind == "cuda":
             import torch
 
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return max(_status_mb("VmHWM") - self._base, 0.0)
+        grown = status_mb("VmHWM") - self._base
+        return max(grown, 0.0) if np.isfinite(grown) else float("nan")
 
 
 def versions() -> dict[str, str]:
