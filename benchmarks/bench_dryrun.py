@@ -10,7 +10,9 @@ two sizes, log(t2/t1) / log(N2/N1): 1 is linear, 2 quadratic.
     .venv/bin/python benchmarks/bench_dryrun.py --slides 1000 5000 10000
 
 ``--snakefile`` times another checkout's workflow (with ``PYTHONPATH=<checkout>/src`` for its
-library), e.g. to compare against an earlier commit.
+library), e.g. to compare against an earlier commit. ``--profile profiles/slurm`` plans as a
+cluster run does, with the SLURM profile's job bundles (rule groups): Snakemake checks each
+grouped job against everything upstream of it, which costs more than the plain dry run.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ def write_config(workdir: Path, sheet: Path, base: Path) -> Path:
     return path
 
 
-def dry_run(snakefile: Path, workdir: Path, config: Path) -> dict:
-    """One ``snakemake -n`` in a fresh process: seconds, peak RSS (MiB), jobs planned."""
+def dry_run(snakefile: Path, workdir: Path, config: Path, profile: Path | None = None) -> dict:
+    """One ``snakemake -n`` in a fresh process (with ``profile`` if given): seconds, peak RSS
+    (MiB), jobs planned."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir)]
-    cmd += ["--configfile", str(config), "-n", "--cores", "1"]
+    cmd += ["--profile", str(profile)] if profile else ["--cores", "1"]
+    cmd += ["--configfile", str(config), "-n"]
     log = workdir / "dryrun.log"
     with open(log, "w") as out:
         t0 = time.perf_counter()
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slides", type=int, nargs="+", default=[1000, 5000, 10000])
     ap.add_argument("--snakefile", type=Path, default=ROOT / "Snakefile")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    ap.add_argument("--profile", type=Path, default=None, help="e.g. profiles/slurm")
     args = ap.parse_args(argv)
 
     base = args.snakefile.resolve().parent / "config.yaml"
@@ -91,9 +96,12 @@ def main(argv: list[str] | None = None) -> None:
             workdir = Path(tmp) / f"n{n}"
             workdir.mkdir()
             config = write_config(workdir, write_cohort(workdir, n), base)
-            rows.append({"slides": n, **dry_run(args.snakefile.resolve(), workdir, config)})
+            profile = args.profile.resolve() if args.profile else None
+            timing = dry_run(args.snakefile.resolve(), workdir, config, profile)
+            rows.append({"slides": n, **timing})
 
-    print(f"snakemake -n, {args.snakefile}; load average {os.getloadavg()[0]:.2f}")
+    profile = f", profile {args.profile}" if args.profile else ""
+    print(f"snakemake -n, {args.snakefile}{profile}; load average {os.getloadavg()[0]:.2f}")
     print(f"{'slides':>8} {'jobs':>8} {'seconds':>8} {'peak MiB':>9} {'ms/slide':>9} {'growth':>7}")
     for prev, row in zip([None, *rows], rows, strict=False):
         growth = ""

@@ -9,8 +9,6 @@ rule embed_slide:
         "logs/embed_slide/{dataset}/{slide}.log",
     benchmark:
         "results/benchmarks/embed_slide/{dataset}/{slide}.tsv"
-    group:
-        "embedding"
     conda:
         "../envs/csmil.yaml"
     threads: config["embedding"]["threads"]

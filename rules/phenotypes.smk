@@ -6,8 +6,6 @@ rule cluster_patient:
         PHENOTYPES,
     log:
         "logs/cluster_patient/{dataset}/{patient}.log",
-    group:
-        "phenotypes"
     conda:
         "../envs/csmil.yaml"
     resources:

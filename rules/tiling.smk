@@ -8,8 +8,6 @@ rule tile_slide:
         "logs/tile_slide/{dataset}/{slide}.log",
     benchmark:
         "results/benchmarks/tile_slide/{dataset}/{slide}.tsv"
-    group:
-        "tiling"
     conda:
         "../envs/csmil.yaml"
     threads: config["tiling"]["threads"]

@@ -5,8 +5,6 @@ rule make_toy_slide:
         mask=TOY_MASK,
     log:
         "logs/make_toy_slide/{toy_dataset}/{slide}.log",
-    group:
-        "tiling"
     conda:
         "../envs/csmil.yaml"
     resources:

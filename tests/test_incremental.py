@@ -70,7 +70,7 @@ def run_ok(workdir: Path, config: Path, *args: str) -> str:
 def planned_jobs(output: str) -> set[tuple[str, frozenset]]:
     """The jobs of a (dry-)run's log: (rule, wildcards as frozenset of name=value).
 
-    A job of a group (``group:`` in the rules) is printed under its group job, indented.
+    A job of a group (the SLURM profile's ``groups``) is printed under its group job, indented.
     """
     jobs = set()
     pattern = r"^( *)(?:local)?rule (\w+):\n((?:\1    .*\n?)*)"

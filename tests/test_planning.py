@@ -110,6 +110,43 @@ def test_jobs_of_folds_and_scales_have_inputs_that_do_not_grow(tmp_path, n_slide
     assert counts["list_cohort"] == [n_slides + n_slides // 2]  # features, phenotypes
 
 
+def group_jobs(output: str) -> dict[str, list[set[str]]]:
+    """Group -> the rules of each of its group jobs, from a dry run's job list."""
+    groups: dict[str, list[set[str]]] = {}
+    blocks = re.split(r"^.*Group job (\w+) \(jobs in lexicogr\. order\):$", output, flags=re.M)
+    for name, block in zip(blocks[1::2], blocks[2::2], strict=True):
+        rules = re.findall(r"^    (?:local)?rule (\w+):$", block, re.M)  # indented: in the group
+        groups.setdefault(name, []).append(set(rules))
+    return groups
+
+
+def test_the_slurm_profile_bundles_slides_and_patients_and_plain_runs_do_not(tmp_path):
+    """The SLURM profile groups the per-slide and per-patient rules and bundles 20 of a group's
+    jobs per cluster job; the workflow itself declares no groups, so a dry run without the
+    profile plans no group (and skips Snakemake's cost of checking them)."""
+    n_slides = 60  # 30 patients
+    config = write_config(tmp_path, write_cohort(tmp_path, n_slides), ROOT / "config.yaml")
+    assert group_jobs(snakemake(tmp_path, config, "-n")) == {}
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    size = profile["group-components"]
+    assert set(profile["groups"].values()) == set(size) == {"tiling", "embedding", "phenotypes"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)]
+    cmd += ["--profile", str(ROOT / "profiles" / "slurm"), "--configfile", str(config), "-n"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    bundled = group_jobs(proc.stdout + proc.stderr)
+    expected = {"tiling": n_slides, "embedding": n_slides, "phenotypes": n_slides // 2}
+    rules = {
+        "tiling": {"tile_slide"},
+        "embedding": {"embed_slide"},
+        "phenotypes": {"cluster_patient"},
+    }
+    for group, n_jobs in expected.items():
+        bundles = bundled[group]
+        assert len(bundles) == -(-n_jobs // size[group])  # ceil: full bundles, then the rest
+        assert all(b == rules[group] for b in bundles)
+
+
 def test_groups_are_inactive_when_running_locally(tmp_path):
     """The rule groups bundle jobs on clusters only: a local run runs each job on its own."""
     config = load_config(ROOT / "config.yaml", ROOT / "tests" / "config" / "tiny.yaml")
@@ -119,8 +156,11 @@ def test_groups_are_inactive_when_running_locally(tmp_path):
     path.write_text(yaml.safe_dump(config))
     slides = [f"results/micro/slides/micro_p00{i}_s0.svs" for i in range(2)]
     local = ["--profile", str(ROOT / "profiles" / "local")]
+    # with the SLURM profile's groups (make_toy_slide in tiling) assigned on the command line,
+    # a local run still runs each job on its own
+    groups = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())["groups"]
+    local += ["--groups", *(f"{rule}={group}" for rule, group in groups.items())]
     out = snakemake(tmp_path, path, *local, "--", *slides)
-    # make_toy_slide is in the group tiling; locally its two jobs run as two jobs
     assert "Group job" not in out
     assert len(re.findall(r"^(?:local)?rule make_toy_slide:$", out, re.M)) == 2
     assert all((tmp_path / s).stat().st_size > 0 for s in slides)
