@@ -35,9 +35,7 @@ FOLD_MODEL = f"{MIL_FOLD}/model.pt"
 FOLD_HISTORY = f"{MIL_FOLD}/history.tsv"
 FOLD_PREDICTIONS = f"{MIL_FOLD}/predictions.tsv"
 FOLD_ATTENTION = f"{MIL_FOLD}/attention.tsv"
-FOLD_BENCHMARK = (
-    f"{RESULTS}/benchmarks/train_mil/{{dataset}}/{{method}}/fold{{fold}}.tsv"
-)
+METHOD_BENCHMARK = f"{RESULTS}/benchmarks/train_mil/{{dataset}}/{{method}}.tsv"
 METRICS = f"{RESULTS}/{{dataset}}/mil/{{method}}/metrics.tsv"
 CURVES = f"{RESULTS}/{{dataset}}/mil/{{method}}/curves.tsv"
 COMPARE = f"{RESULTS}/{{dataset}}/compare.tsv"
@@ -190,6 +188,11 @@ def slide_files(dataset, with_mask):
             paths["mask"] = fill(TOY_MASK, toy_dataset=dataset, slide=slide)
         out[slide] = paths
     return out
+
+
+def method_folds(template):
+    """Every fold's file of a template, keeping the {dataset} and {method} wildcards."""
+    return expand(template, fold=range(N_FOLDS), allow_missing=True)
 
 
 def fold_files(template, dataset, method):
@@ -357,7 +360,7 @@ def table6_inputs(wildcards):
                     m: {
                         "models": fold_files(FOLD_MODEL, ds, m),
                         "histories": fold_files(FOLD_HISTORY, ds, m),
-                        "benchmarks": fold_files(FOLD_BENCHMARK, ds, m),
+                        "benchmarks": [fill(METHOD_BENCHMARK, dataset=ds, method=m)],
                     }
                     for m in COMPARED
                 }

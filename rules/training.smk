@@ -17,26 +17,28 @@ rule list_cohort:
 
 
 rule train_mil:
-    """One MIL model on one cross-validation fold: train, select, test, export attention."""
+    """One MIL method on every cross-validation fold of a dataset, in one job: train, select,
+    test, export attention. The folds train together as one stacked model where the model
+    allows it (csmil.mil.foldbatch; the numbers of training them one by one)."""
     input:
         cohort=COHORT_LISTING,
         splits=SPLITS,
     output:
-        model=FOLD_MODEL,
-        history=FOLD_HISTORY,
-        predictions=FOLD_PREDICTIONS,
-        attention=FOLD_ATTENTION,
+        model=method_folds(FOLD_MODEL),
+        history=method_folds(FOLD_HISTORY),
+        predictions=method_folds(FOLD_PREDICTIONS),
+        attention=method_folds(FOLD_ATTENTION),
     log:
-        "logs/train_mil/{dataset}/{method}/fold{fold}.log",
+        "logs/train_mil/{dataset}/{method}.log",
     benchmark:
-        FOLD_BENCHMARK
+        METHOD_BENCHMARK
     conda:
         "../envs/csmil.yaml"
     threads: 1
     resources:
         gpu=1,
         mem_mb=4000,
-        runtime=120,
+        runtime=240,
     params:
         options=lambda w: config["mil"]["variants"].get(w.method, {}),
         n_folds=N_FOLDS,
@@ -53,6 +55,8 @@ rule train_mil:
             )
         },
         n_clusters=config["clustering"]["n_clusters"],
-        seed=lambda w: stage_seed("mil", w.dataset, w.method, w.fold),
+        seeds=lambda w: [
+            stage_seed("mil", w.dataset, w.method, f) for f in range(N_FOLDS)
+        ],
     script:
         "../workflow_scripts/train_mil.py"

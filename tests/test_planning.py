@@ -99,12 +99,13 @@ def inputs_per_job(output: str) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("n_slides", [40, 400])
 def test_jobs_of_folds_and_scales_have_inputs_that_do_not_grow(tmp_path, n_slides):
-    """MIL folds and encoder scales read the cohort through one listing each: their inputs are
-    the same few files at 40 and at 400 slides (Snakemake pays for every input of every job)."""
+    """MIL methods (one job for all their folds) and encoder scales read the cohort through one
+    listing each: their inputs are the same few files at 40 and at 400 slides (Snakemake pays
+    for every input of every job)."""
     config = write_config(tmp_path, write_cohort(tmp_path, n_slides), ROOT / "config.yaml")
     counts = inputs_per_job(snakemake(tmp_path, config, "-n"))
-    n_folds = yaml.safe_load(config.read_text())["splits"]["n_folds"]
-    assert len(counts["train_mil"]) == n_folds * 4
+    n_methods = len(yaml.safe_load(config.read_text())["mil"]["methods"])
+    assert len(counts["train_mil"]) == n_methods
     assert set(counts["train_mil"]) == {2}  # cohort listing, splits
     assert set(counts["train_encoder"]) == {1}  # pretraining listing
     assert counts["list_cohort"] == [n_slides + n_slides // 2]  # features, phenotypes

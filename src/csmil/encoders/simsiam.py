@@ -200,16 +200,17 @@ def load_encoder(
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a SimSiam encoder checkpoint (kind={kind!r})")
-    net, dim = build_backbone(
-        ckpt["backbone"], ckpt.get("pooling", "avg"), ckpt.get("layers", ["layer4"])
-    )
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced
+        net, dim = build_backbone(
+            ckpt["backbone"], ckpt.get("pooling", "avg"), ckpt.get("layers", ["layer4"])
+        )
     if dim != ckpt["feature_dim"]:
         raise ValueError(
             f"{path}: the read-out {ckpt.get('pooling', 'avg')} over "
             f"{ckpt.get('layers', ['layer4'])} gives {dim} features but the checkpoint says "
             f"feature_dim={ckpt['feature_dim']}; the checkpoint is inconsistent, re-train it"
         )
-    net.load_state_dict(ckpt["state_dict"])
+    net.load_state_dict(ckpt["state_dict"], assign=True)  # strict: every weight is loaded
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     meta["encoder_id"] = encoder_id(ckpt)
     return net.to(device).eval(), meta

@@ -58,11 +58,12 @@ import torch
 
 from csmil import SCALES
 from csmil.mil.bags import BAG_MODES, PatientBags, PatientBagSource
+from csmil.mil.foldbatch import FoldRun, can_batch, fit_folds, global_generator_copy
 from csmil.mil.inference import attention_table, predict_bags
+from csmil.mil.loss import bag_nll, model_loss
 from csmil.mil.methods import resolve
 from csmil.mil.models import (
     MILModel,
-    MILOutput,
     count_parameters,
     create_mil_model,
     save_mil_checkpoint,
@@ -87,7 +88,6 @@ from csmil.runtime import (
 
 log = logging.getLogger(__name__)
 
-EPS = 1e-5
 OUTPUT_NAMES = {
     "model": "model.pt",
     "history": "history.tsv",
@@ -132,21 +132,6 @@ class TrainSettings:
             raise ValueError(f"eval_batch_bags must be >= 1, got {self.eval_batch_bags}")
         if self.bag_mode not in BAG_MODES:
             raise ValueError(f"bag_mode must be one of {list(BAG_MODES)}, got {self.bag_mode!r}")
-
-
-def bag_nll(prob: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Binary NLL (B,) of labels (B,) under probabilities (B,) clamped to [1e-5, 1 - 1e-5]."""
-    p = prob.clamp(EPS, 1 - EPS)
-    return -(label * torch.log(p) + (1 - label) * torch.log(1 - p))
-
-
-def model_loss(out: MILOutput, label: torch.Tensor) -> torch.Tensor:
-    """Per-bag training loss (B,): NLL of ``prob`` plus the mean NLL of every ``aux_probs``."""
-    loss = bag_nll(out.prob, label)
-    for aux in out.aux_probs.values():
-        lab = label.reshape(-1, *([1] * (aux.dim() - 1))).expand_as(aux)
-        loss = loss + bag_nll(aux, lab).reshape(len(label), -1).mean(dim=1)
-    return loss
 
 
 def _epoch_val_loss(model, source, which, rng, batch_bags) -> float:
@@ -362,6 +347,249 @@ def feature_statistics(patients: Sequence[PatientBags]) -> tuple[np.ndarray, np.
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+@dataclass
+class _Fold:
+    """One fold being trained: its roles, positions in the bag source, generators and model."""
+
+    fold: int
+    seed: int
+    roles: dict[str, list[str]]
+    train_w: np.ndarray
+    val_w: np.ndarray
+    test_w: np.ndarray
+    train_rng: np.random.Generator
+    val_rng: np.random.Generator
+    test_rng: np.random.Generator
+    model: MILModel
+    torch_rng: torch.Generator
+
+
+def _start_fold(
+    source: PatientBagSource,
+    roles: dict[str, list[str]],
+    fold: int,
+    seed: int,
+    spec: tuple[str, dict[str, Any]],
+    settings: TrainSettings,
+) -> _Fold:
+    """Positions, generators and a fresh model of one fold, seeded by ``seed`` exactly as
+    :func:`train_fold` seeds it (weights from torch's global generator after
+    :func:`seed_everything`; three numpy generators of its own)."""
+    train_w, val_w, test_w = (source.indices(ids) for ids in roles.values())
+    seed_everything(seed)
+    train_rng, val_rng, test_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+    )
+    stats_on = [source.patients[w] for w in train_w] if settings.standardise else None
+    model = build_model(*spec, source.patients[0].dim, stats_on, source.device)
+    return _Fold(
+        fold,
+        seed,
+        roles,
+        train_w,
+        val_w,
+        test_w,
+        train_rng,
+        val_rng,
+        test_rng,
+        model,
+        global_generator_copy(source.device),
+    )
+
+
+def _cohort_source(
+    patients: Sequence[PatientBags],
+    splits: pd.DataFrame,
+    clustering: str,
+    settings: TrainSettings,
+    device: torch.device,
+) -> PatientBagSource:
+    """One bag source of every patient of the splits, in their order: a fold's patients are
+    positions in it (bags drawn from it equal those of a source of the fold's patients only,
+    as sampling depends on each patient's own clusters and the generator)."""
+    ids = splits["patient_id"].astype(str).tolist()
+    chosen = [
+        p.with_clustering(clustering) for p in _select_patients(patients, splits, {"cohort": ids})
+    ]
+    return PatientBagSource(
+        chosen, n_clusters=settings.n_clusters, bag_mode=settings.bag_mode, device=device
+    )
+
+
+def train_folds(
+    patients: Sequence[PatientBags],
+    splits: pd.DataFrame | str | os.PathLike,
+    folds: Sequence[int],
+    method: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    settings: TrainSettings | None = None,
+    out_dirs: Sequence[str | os.PathLike] | None = None,
+    paths: Sequence[Mapping[str, str | os.PathLike]] | None = None,
+    n_folds: int | None = None,
+    seeds: Sequence[int] | None = None,
+    device: str = "auto",
+    num_threads: int | None = None,
+    stacked: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``method`` on each fold of ``folds`` and write each fold's outputs (to
+    ``out_dirs[i]``, or per output name in ``paths[i]``), exactly as :func:`train_fold` would
+    for that fold with seed ``seeds[i]`` (default: 0 for every fold), in one process.
+
+    With ``stacked`` (the default) and a model that allows it
+    (:func:`csmil.mil.foldbatch.can_batch`), the folds train together as one stacked model
+    (:func:`csmil.mil.foldbatch.fit_folds`: the same numbers up to float rounding, K times
+    fewer Python steps); otherwise one after the other. Returns each fold's summary.
+    """
+    t0 = time.perf_counter()
+    settings = settings or TrainSettings()
+    folds = [int(f) for f in folds]
+    seeds = [0] * len(folds) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(folds):
+        raise ValueError(f"{len(folds)} folds but {len(seeds)} seeds")
+    given = paths if paths is not None else [None] * len(folds)
+    dirs = out_dirs if out_dirs is not None else [None] * len(folds)
+    if len(given) != len(folds) or len(dirs) != len(folds):
+        raise ValueError(f"{len(folds)} folds need as many output folders or path sets")
+    outs = [_output_paths(d, p) for d, p in zip(dirs, given, strict=True)]
+    if isinstance(splits, str | os.PathLike):
+        splits = read_splits(splits)
+    registry_name, model_options, clustering, settings = _resolve(method, options, settings)
+    roles = [fold_patients(patients, splits, f, n_folds, clustering)[0] for f in folds]
+    set_compute_threads("mil", num_threads)
+    dev = select_device(device)
+    source = _cohort_source(patients, splits, clustering, settings, dev)
+    spec = (registry_name, model_options)
+    n_folds_used = int(n_folds if n_folds is not None else splits["fold"].max() + 1)
+    probe = create_mil_model(registry_name, source.patients[0].dim, **model_options)
+    together = stacked and len(folds) > 1 and can_batch(probe)
+    log.info(
+        f"{method} ({registry_name} {model_options}, {count_parameters(probe)} parameters): "
+        f"folds {folds} {'as one stacked model' if together else 'one after the other'}, "
+        f"{settings.bag_mode} bags from the {clustering} clustering"
+    )
+    summaries = []
+    if together:
+        jobs = [
+            _start_fold(source, r, f, s, spec, settings)
+            for r, f, s in zip(roles, folds, seeds, strict=True)
+        ]
+        for job in jobs:
+            _log_fold(method, job)
+        tf = time.perf_counter()
+        runs = [
+            FoldRun(j.model, j.train_w, j.val_w, j.train_rng, j.val_rng, j.torch_rng) for j in jobs
+        ]
+        hists = fit_folds(runs, source, settings, desc=f"{method} folds {folds[0]}-{folds[-1]}")
+        share = (time.perf_counter() - tf) / len(jobs)
+        for job, hist, out in zip(jobs, hists, outs, strict=True):
+            summaries.append(
+                _finish_fold(
+                    job, hist, out, source, method, spec, clustering, settings, n_folds_used, share
+                )
+            )
+    else:
+        for r, f, s, out in zip(roles, folds, seeds, outs, strict=True):
+            job = _start_fold(source, r, f, s, spec, settings)
+            _log_fold(method, job)
+            tf = time.perf_counter()
+            hist = fit(
+                job.model,
+                source,
+                job.train_w,
+                job.val_w,
+                settings,
+                job.train_rng,
+                job.val_rng,
+                f"{method} fold {f}",
+            )
+            summaries.append(
+                _finish_fold(
+                    job,
+                    hist,
+                    out,
+                    source,
+                    method,
+                    spec,
+                    clustering,
+                    settings,
+                    n_folds_used,
+                    time.perf_counter() - tf,
+                )
+            )
+    log.info(f"{method}: {len(folds)} fold(s) done in {time.perf_counter() - t0:.1f} s")
+    return summaries
+
+
+def _log_fold(method: str, job: _Fold) -> None:
+    counts = {"n_train": len(job.train_w), "n_val": len(job.val_w), "n_test": len(job.test_w)}
+    log.info(f"{method} fold {job.fold}: {counts}")
+    if not len(job.val_w):
+        log.warning("fold %d has no validation patients: selecting on the training loss", job.fold)
+
+
+def _finish_fold(
+    job: _Fold,
+    hist: pd.DataFrame,
+    out: dict[str, Path],
+    source: PatientBagSource,
+    method: str,
+    spec: tuple[str, dict[str, Any]],
+    clustering: str,
+    settings: TrainSettings,
+    n_folds: int,
+    seconds_train: float,
+) -> dict[str, Any]:
+    """Score the fold's test patients with its selected model and write its four outputs."""
+    t0 = time.perf_counter()
+    registry_name, model_options = spec
+    best = hist.loc[hist["best"]].iloc[0]
+    selected_on = "val_loss" if len(job.val_w) else "train_loss"
+    preds, attention = score_test_patients(
+        job.model, source, job.test_w, job.fold, settings, job.test_rng
+    )
+    summary = {
+        "method": method,
+        "model": registry_name,
+        "fold": job.fold,
+        "n_train": len(job.train_w),
+        "n_val": len(job.val_w),
+        "n_test": len(job.test_w),
+        "n_params": count_parameters(job.model),
+        "best_epoch": int(best["epoch"]),
+        "best_loss": float(best[selected_on]),
+        "selected_on": selected_on,
+    }
+    config = {
+        **summary,
+        "options": model_options,
+        "epochs": int(settings.epochs),
+        "lr": float(settings.lr),
+        "weight_decay": float(settings.weight_decay),
+        "accumulate": int(settings.accumulate),
+        "n_test_bags": int(settings.n_test_bags),
+        "n_clusters": int(settings.n_clusters),
+        "clustering": clustering,
+        "bag_mode": settings.bag_mode,
+        "standardise": bool(settings.standardise),
+        "seed": job.seed,
+        "n_folds": n_folds,
+        "train_patients": job.roles["training"],
+        "val_patients": job.roles["validation"],
+        "test_patients": job.roles["test"],
+    }
+    save_mil_checkpoint(out["model"], job.model, config=config)
+    write_history(hist, out["history"])
+    write_predictions(preds, out["predictions"])
+    write_attention(attention, out["attention"])
+    summary.update(seconds_train=seconds_train, seconds=seconds_train + time.perf_counter() - t0)
+    log.info(
+        f"{method} fold {job.fold} done (training {seconds_train:.1f} s); best epoch "
+        f"{summary['best_epoch']}, {selected_on} {summary['best_loss']:.4f}"
+    )
+    return summary
+
+
 def train_fold(
     patients: Sequence[PatientBags],
     splits: pd.DataFrame | str | os.PathLike,
@@ -392,76 +620,20 @@ def train_fold(
     computes on :data:`csmil.runtime.COMPUTE_THREADS` ``["mil"]`` threads whatever it is, so
     that a fold gives the same numbers however many jobs share the machine.
     Feature size D comes from the patients. Returns a summary (epochs, best epoch and losses,
-    patient counts, parameter count, seconds).
+    patient counts, parameter count, seconds). :func:`train_folds` trains several folds.
     """
-    t0 = time.perf_counter()
-    settings = settings or TrainSettings()
-    if isinstance(splits, str | os.PathLike):
-        splits = read_splits(splits)
-    registry_name, model_options, clustering, settings = _resolve(method, options, settings)
-    out = _output_paths(out_dir, paths)
-    roles, chosen = fold_patients(patients, splits, fold, n_folds, clustering)
-    set_compute_threads("mil", num_threads)
-    dev = select_device(device)
-    source = PatientBagSource(
-        chosen, n_clusters=settings.n_clusters, bag_mode=settings.bag_mode, device=dev
-    )
-    train_w, val_w, test_w = (source.indices(ids) for ids in roles.values())
-    seed_everything(seed)
-    train_rng, val_rng, test_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
-    )
-    stats_on = [source.patients[w] for w in train_w] if settings.standardise else None
-    model = build_model(registry_name, model_options, chosen[0].dim, stats_on, dev)
-    counts = {"n_train": len(train_w), "n_val": len(val_w), "n_test": len(test_w)}
-    n_params = count_parameters(model)
-    log.info(
-        f"{method} ({registry_name} {model_options}, {n_params} parameters), fold {fold}: "
-        f"{counts}, {settings.bag_mode} bags from the {clustering} clustering"
-    )
-    if not len(val_w):
-        log.warning("fold %d has no validation patients: selecting on the training loss", fold)
-    desc = f"{method} fold {fold}"
-    hist = fit(model, source, train_w, val_w, settings, train_rng, val_rng, desc)
-    best = hist.loc[hist["best"]].iloc[0]
-    selected_on = "val_loss" if len(val_w) else "train_loss"
-    t_train = time.perf_counter() - t0
-    preds, attention = score_test_patients(model, source, test_w, fold, settings, test_rng)
-    summary = {
-        "method": method,
-        "model": registry_name,
-        "fold": int(fold),
-        **counts,
-        "n_params": n_params,
-        "best_epoch": int(best["epoch"]),
-        "best_loss": float(best[selected_on]),
-        "selected_on": selected_on,
-    }
-    config = {
-        **summary,
-        "options": model_options,
-        "epochs": int(settings.epochs),
-        "lr": float(settings.lr),
-        "weight_decay": float(settings.weight_decay),
-        "accumulate": int(settings.accumulate),
-        "n_test_bags": int(settings.n_test_bags),
-        "n_clusters": int(settings.n_clusters),
-        "clustering": clustering,
-        "bag_mode": settings.bag_mode,
-        "standardise": bool(settings.standardise),
-        "seed": int(seed),
-        "n_folds": int(n_folds if n_folds is not None else splits["fold"].max() + 1),
-        "train_patients": roles["training"],
-        "val_patients": roles["validation"],
-        "test_patients": roles["test"],
-    }
-    save_mil_checkpoint(out["model"], model, config=config)
-    write_history(hist, out["history"])
-    write_predictions(preds, out["predictions"])
-    write_attention(attention, out["attention"])
-    summary.update(seconds_train=t_train, seconds=time.perf_counter() - t0)
-    log.info(
-        f"{desc} done in {summary['seconds']:.1f} s (training {t_train:.1f} s); best "
-        f"epoch {summary['best_epoch']}, {selected_on} {summary['best_loss']:.4f}"
-    )
-    return summary
+    return train_folds(
+        patients,
+        splits,
+        [fold],
+        method,
+        options,
+        settings=settings,
+        out_dirs=[out_dir] if out_dir is not None else None,
+        paths=[paths] if paths is not None else None,
+        n_folds=n_folds,
+        seeds=[seed],
+        device=device,
+        num_threads=num_threads,
+        stacked=False,
+    )[0]

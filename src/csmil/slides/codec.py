@@ -37,10 +37,13 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where a patch is decoded: tiling never needs it
+    import torch
 
 #: Patch codecs a store may use; "jpeg" is lossy (quality 1-100), "png" lossless.
 CODECS: tuple[str, ...] = ("jpeg", "png")
@@ -81,6 +84,7 @@ def encode_patch(img: Image.Image | np.ndarray, codec: str = "jpeg", quality: in
 
 def decode_into(blob: np.ndarray, codec: str, out: np.ndarray) -> None:
     """Decode one encoded patch (1-D uint8) into ``out`` (P, P, 3) uint8, on the CPU."""
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
     data = torch.from_numpy(blob)
@@ -103,6 +107,7 @@ def decode_batch(blobs: Sequence[np.ndarray], codec: str, out: np.ndarray) -> np
 
 def decode_batch_cuda(blobs: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
     """Batched nvJPEG decode of JPEG patches → uint8 (n, 3, P, P) on ``device``."""
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = [torch.from_numpy(b) for b in blobs]

@@ -140,6 +140,11 @@ class MILModel(nn.Module):
     name: ClassVar[str] = ""
     #: Scales whose features the model reads.
     scales: ClassVar[tuple[str, ...]] = SCALES
+    #: Whether the folds of a method can be trained together as one stacked model
+    #: (:mod:`csmil.mil.foldbatch`): a forward pass of tensor operations only (no Python loop
+    #: over bags, no data-dependent shapes) whose only randomness is
+    #: :class:`csmil.mil.models.layers.FoldDropout` on bag vectors. Others train fold by fold.
+    fold_batchable: ClassVar[bool] = True
 
     def __init__(self, in_dim: int, options: dict[str, Any]) -> None:
         super().__init__()

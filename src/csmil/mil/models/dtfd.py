@@ -52,6 +52,7 @@ class DTFD(MILModel):
     """
 
     name = "dtfd"
+    fold_batchable = False  # pseudo-bags drawn bag by bag with torch.randperm
 
     def __init__(
         self, in_dim: int, *, n_pseudo_bags: int = 4, distill: str = "afs", seed: int = 0

@@ -61,6 +61,7 @@ class HIPT(MILModel):
     """
 
     name = "hipt"
+    fold_batchable = False  # dropout inside the transformer layers
     n_heads = 4
 
     def __init__(self, in_dim: int, *, dropout: float = 0.25) -> None:

@@ -45,6 +45,29 @@ class GatedAttention(nn.Module):
         return self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
 
 
+class FoldDropout(nn.Dropout):
+    """Dropout on ``(B, F)`` bag vectors whose noise can be given instead of drawn.
+
+    Alone it is :class:`torch.nn.Dropout` as torch computes it on a CPU (Bernoulli noise from
+    torch's global generator, scaled, multiplied), on every device. When the folds
+    of a method are trained together (:mod:`csmil.mil.foldbatch`), each fold's noise is drawn
+    beforehand from that fold's own generator, exactly as the fold trained alone would draw it,
+    and passed in as the buffer ``noise`` (``(B, F)``, already scaled by ``1 / (1 - p)``).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
+        self.register_buffer("noise", None, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or self.p >= 1:
+            return super().forward(x)
+        noise = self.noise
+        if noise is None:  # the arithmetic of torch's CPU dropout, on every device
+            noise = torch.empty_like(x).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * noise
+
+
 class ClassifierHead(nn.Module):
     """DeepAttnMISL's ``fc6``: ``(B, L)`` -> Linear(L, 32), ReLU, Dropout(0.5), Linear(32, 1),
     sigmoid -> ``(B,)`` probability."""
@@ -52,7 +75,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, dim: int = EMBED_DIM, hidden: int = HIDDEN_DIM, dropout: float = 0.5):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+            nn.Linear(dim, hidden), nn.ReLU(), FoldDropout(dropout), nn.Linear(hidden, 1)
         )
 
     def forward(self, bag: Tensor) -> Tensor:
