@@ -33,8 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_loader import toy_pixels, write_store  # noqa: E402
 
-from csmil.encoders.augment import BatchAugment, normalize  # noqa: E402
+from csmil.encoders.augment import BatchAugment  # noqa: E402
 from csmil.encoders.embedding import embed_scale  # noqa: E402
+from csmil.encoders.resnet import normalize  # noqa: E402
 from csmil.encoders.simsiam import SimSiam, build_backbone, load_encoder, save_encoder  # noqa: E402
 from csmil.encoders.training import SimSiamSettings, history_path, train_simsiam  # noqa: E402
 from csmil.io import read_tsv  # noqa: E402

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.encoders.augment import normalize
 from csmil.encoders.embedding import embed_slide
 from csmil.encoders.featurestore import read_features
+from csmil.encoders.resnet import normalize
 from csmil.encoders.simsiam import load_encoder
 from csmil.encoders.training import SimSiamSettings, train_simsiam
 from csmil.slides.patchstore import PatchStoreWriter, open_patch_store

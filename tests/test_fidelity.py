@@ -27,7 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from csmil import SCALES
-from csmil.encoders.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
+from csmil.encoders.resnet import IMAGENET_MEAN, IMAGENET_STD, normalize
 from csmil.encoders.simsiam import build_backbone
 from csmil.slides.patchstore import open_patch_store
 from csmil.slides.tiling import tile_slide

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from csmil import SCALES
-from csmil.encoders.augment import AugmentConfig, BatchAugment, blur_kernel_size, normalize
+from csmil.encoders.augment import AugmentConfig, BatchAugment, blur_kernel_size
 from csmil.encoders.loader import PatchSample
+from csmil.encoders.resnet import normalize
 from csmil.encoders.simsiam import SimSiam, build_backbone, encoder_id, load_encoder
 from csmil.encoders.training import SimSiamSettings, history_path, lr_at, train_simsiam
 from csmil.io import read_tsv
@@ -318,3 +319,52 @@ def test_readout_is_stored_and_used_by_load_encoder(stores, trained, tmp_path):
     torch.save({**ckpt, "feature_dim": 512}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="feature_dim=512"):
         load_encoder(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_our_resnets_are_torchvisions_weight_for_weight_and_output_for_output(name):
+    """The encoders' own ResNets (no torchvision import when embedding) give torchvision's
+    module names, initial weights for a seed, and outputs."""
+    import torchvision
+
+    from csmil.encoders.resnet import RESNETS
+
+    torch.manual_seed(5)
+    ours = RESNETS[name]().eval()
+    torch.manual_seed(5)
+    theirs = getattr(torchvision.models, name)(weights=None).eval()
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+def test_normalize_is_torchvisions():
+    from torchvision.transforms.v2 import functional as TF
+
+    from csmil.encoders.resnet import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    ref = TF.normalize(x.float().div(255.0), list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert torch.equal(normalize(x), ref)
+
+
+def test_tiling_imports_no_torch_and_embedding_no_torchvision():
+    """Start-up is most of a toy slide's job: tiling needs neither, embedding only torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "import csmil.slides.tiling\n"
+        "assert 'torch' not in sys.modules\n"
+        "import csmil.encoders.embedding\n"
+        "from csmil.slides.codec import decode_into, encode_patch\n"
+        "b = np.frombuffer(encode_patch(np.zeros((8, 8, 3), np.uint8)), np.uint8)\n"
+        "decode_into(b, 'jpeg', np.empty((8, 8, 3), np.uint8))\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -25,10 +25,6 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-#: ImageNet channel statistics used for normalisation in training and embedding.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -68,11 +64,6 @@ class AugmentConfig:
 def blur_kernel_size(patch_px: int) -> int:
     """Odd Gaussian kernel width for ``patch_px`` (the authors' ``size // 20 * 2 + 1``), >= 3."""
     return max(3, patch_px // 20 * 2 + 1)
-
-
-def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """uint8 (B, 3, P, P) → float32 (B, 3, P, P), scaled to [0, 1] then mean/std normalised."""
-    return TF.normalize(x.float().div_(255.0), list(mean), list(std))
 
 
 class BatchAugment:

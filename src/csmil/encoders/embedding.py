@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from csmil.encoders.augment import normalize
 from csmil.encoders.featurestore import write_features
 from csmil.encoders.loader import store_batches
+from csmil.encoders.resnet import normalize
 from csmil.encoders.simsiam import load_encoder
 from csmil.runtime import progress, select_device, set_compute_threads
 from csmil.slides.patchstore import PatchStore, open_patch_store

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
-from csmil.encoders.augment import IMAGENET_MEAN, IMAGENET_STD
+from csmil.encoders.resnet import IMAGENET_MEAN, IMAGENET_STD, RESNETS
 from csmil.io import atomic_path
 from csmil.runtime import versions
 
@@ -105,7 +104,7 @@ def build_backbone(
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
     layers = check_readout(pooling, layers)
-    net = getattr(torchvision.models, name)(weights=None)
+    net = RESNETS[name]()
     widths = {s: getattr(net, s)[-1].bn2.num_features if name == "resnet18"
               else getattr(net, s)[-1].bn3.num_features for s in STAGES}  # fmt: skip
     return ReadoutResNet(net, pooling, layers), int(sum(widths[s] for s in layers))

@@ -47,8 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from csmil.encoders.augment import AugmentConfig, BatchAugment, normalize
+from csmil.encoders.augment import AugmentConfig, BatchAugment
 from csmil.encoders.loader import PatchSample, sample_batches
+from csmil.encoders.resnet import normalize
 from csmil.encoders.simsiam import (
     BACKBONES,
     SimSiam,

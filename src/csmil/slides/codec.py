@@ -27,9 +27,11 @@ with gzip takes 328 KB per tile, 13.3x the slides): q90 86 KB per tile (3.5x the
 for the 64 px patches of the default config; the paper's 256 px config uses 80.
 ``tiling.patch_codec: png`` keeps every pixel at about 3-6x the size.
 
-Decoding: on the CPU with torchvision.io (libjpeg-turbo / libpng; the GIL is released while a
-patch decodes, so a thread pool scales), and on CUDA with torchvision's batched nvJPEG decode
-(:func:`decode_batch_cuda`). Pillow and torchvision are the only dependencies.
+Decoding: on the CPU with imagecodecs (libjpeg-turbo / libpng, the GIL released while a patch
+decodes, so a thread pool scales; the same pixels as torchvision.io's decoders, checked on the
+default run's 5,493 toy patches, at about 0.13 ms per 64-px patch against 1 ms), and on CUDA
+with torchvision's batched nvJPEG decode (:func:`decode_batch_cuda`). Neither tiling nor CPU
+decoding imports torch or torchvision.
 """
 
 from __future__ import annotations
@@ -84,15 +86,12 @@ def encode_patch(img: Image.Image | np.ndarray, codec: str = "jpeg", quality: in
 
 def decode_into(blob: np.ndarray, codec: str, out: np.ndarray) -> None:
     """Decode one encoded patch (1-D uint8) into ``out`` (P, P, 3) uint8, on the CPU."""
-    import torch
-    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+    import imagecodecs
 
-    data = torch.from_numpy(blob)
     if codec == "jpeg":
-        chw = decode_jpeg(data, mode=ImageReadMode.RGB)
+        hwc = imagecodecs.jpeg8_decode(blob)
     else:
-        chw = decode_png(data, mode=ImageReadMode.RGB)
-    hwc = chw.permute(1, 2, 0).numpy()  # (P, P, 3), torchvision decodes interleaved
+        hwc = imagecodecs.png_decode(blob)
     if hwc.shape != out.shape:
         raise ValueError(f"decoded patch has shape {hwc.shape}, the store says {out.shape}")
     out[...] = hwc
