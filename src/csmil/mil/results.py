@@ -7,7 +7,9 @@ evaluation, reporting and prediction read them only through here.
   ``val_loss`` are mean bag NLLs (``val_loss`` NaN without validation patients), ``seconds`` the
   epoch's wall time, ``best`` marks the selected epoch; then one of :data:`MEMORY_COLUMNS`, the
   training memory so far (CUDA max allocated, or on the CPU the peak resident set above the
-  level before training), which differs from run to run like ``seconds``.
+  level before training), which differs from run to run like ``seconds``. For folds trained
+  together as one stacked model (:mod:`csmil.mil.foldbatch`) both are the fold's share: the
+  stacked epoch's time and memory divided by the number of folds.
 * ``predictions.tsv`` (:data:`PREDICTION_COLUMNS`): one row per test patient; ``prob`` is the
   mean probability over the test bags (``prob_median``, ``prob_max`` their median and maximum),
   ``n_patches`` the patient's patch count.
