@@ -263,3 +263,14 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "micro") == derive_seed(0, "micro")
     assert derive_seed(0, "micro") != derive_seed(0, "macro")
     assert 0 <= derive_seed(5, "x", 3) < 2**31
+
+
+def test_the_default_run_fills_every_row_of_tables_2_and_3():
+    from csmil.mil.methods import configured_methods
+    from csmil.reporting.tables import TABLE2_SLOTS, TABLE3_SLOTS, _slots
+
+    cfg = load_config(BASE)
+    reference = cfg["tables"]["reference"]
+    specs = list(configured_methods(cfg["mil"], reference).values())
+    slots = _slots(TABLE2_SLOTS, specs, reference) + _slots(TABLE3_SLOTS, specs, reference)
+    assert all(method is not None for _, method in slots), slots

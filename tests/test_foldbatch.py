@@ -30,6 +30,8 @@ METHODS = {
     "msdamil": {},
     "dsmil": {},
     "hagmil": {},
+    "dtfd": {},
+    "dtfd_maxmins": {"model": "dtfd", "distill": "maxmins"},
 }
 
 
@@ -120,7 +122,7 @@ def test_stacked_folds_equal_folds_trained_one_by_one(tmp_path, method):
 
 def test_every_model_says_whether_it_can_be_stacked():
     batchable = {name for name, cls in MIL_MODELS.items() if can_batch(create_mil_model(name, DIM))}
-    assert batchable == set(MIL_MODELS) - {"dtfd", "hipt"}
+    assert batchable == set(MIL_MODELS) - {"hipt"}
 
 
 def test_models_that_cannot_be_stacked_train_fold_by_fold_with_the_same_numbers(tmp_path):
@@ -130,7 +132,7 @@ def test_models_that_cannot_be_stacked_train_fold_by_fold_with_the_same_numbers(
         patients,
         splits,
         [1, 2],
-        "dtfd",
+        "hipt",
         settings=settings,
         seeds=[5, 6],
         out_dirs=[tmp_path / "both" / "a", tmp_path / "both" / "b"],
@@ -141,7 +143,7 @@ def test_models_that_cannot_be_stacked_train_fold_by_fold_with_the_same_numbers(
             patients,
             splits,
             fold,
-            "dtfd",
+            "hipt",
             settings=settings,
             seed=seed,
             out_dir=tmp_path / "alone" / name,

@@ -28,6 +28,10 @@ the peak of the K folds trained together.
 Models qualify when their class says :attr:`~csmil.mil.models.MILModel.fold_batchable` and
 every dropout they hold is a :class:`~csmil.mil.models.layers.FoldDropout` on bag vectors
 (:func:`can_batch`); :func:`csmil.mil.training.train_folds` trains the others fold by fold.
+A model that draws random numbers of its own in its forward pass (DTFD-MIL's pseudo-bags)
+qualifies by drawing them outside: ``stacked_draws(mask, n, b, generator)`` returns them for
+one fold's own ``(B_k, N_k)`` mask, padded to the stacked batch, as buffers it then reads
+(:func:`model_draws`).
 """
 
 from __future__ import annotations
@@ -68,8 +72,10 @@ class FoldRun:
         val_w: positions of its validation patients (may be empty: select on training loss).
         train_rng: its generator of training bags and their order.
         val_rng: its generator of validation bags.
-        torch_rng: a generator in the state torch's global generator had right after the
-            model was built (the fold's dropout noise comes from it).
+        torch_rng: a generator in the state torch's global generator (of the device) had
+            right after the model was built (the fold's dropout noise comes from it).
+        cpu_rng: the same for torch's CPU generator (random draws a model makes on the CPU,
+            such as DTFD-MIL's pseudo-bags); default: ``torch_rng`` on a CPU device.
     """
 
     model: MILModel
@@ -78,12 +84,22 @@ class FoldRun:
     train_rng: np.random.Generator
     val_rng: np.random.Generator
     torch_rng: torch.Generator
+    cpu_rng: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpu_rng is None:
+            if self.torch_rng.device.type != "cpu":
+                raise ValueError("FoldRun needs cpu_rng when torch_rng is not a CPU generator")
+            self.cpu_rng = self.torch_rng
 
 
 def can_batch(model: nn.Module) -> bool:
     """Whether the folds of ``model``'s kind can be trained as one stacked model."""
     if not getattr(type(model), "fold_batchable", False):
         return False
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    if dropouts and hasattr(model, "stacked_draws"):
+        return False  # the order of two kinds of draws is not tracked
     return all(
         isinstance(m, FoldDropout) or m.p == 0 for m in model.modules() if isinstance(m, nn.Dropout)
     )
@@ -91,6 +107,7 @@ def can_batch(model: nn.Module) -> bool:
 
 def global_generator_copy(device: torch.device) -> torch.Generator:
     """A new generator in the current state of torch's global generator for ``device``."""
+    device = torch.device(device)
     gen = torch.Generator(device=device)
     state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
     gen.set_state(state)
@@ -207,6 +224,42 @@ def _stack_index(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return index, real
 
 
+def _own_mask(part: np.ndarray) -> Tensor:
+    """The ``(B_k, N_k)`` mask a fold's bags get when collated alone (trailing columns that
+    are padding in every bag dropped, as :meth:`PatientBagSource.collate` does)."""
+    valid = part >= 0
+    return torch.from_numpy(valid[:, : int(valid.sum(axis=1).max(initial=0))])
+
+
+def model_draws(
+    model: MILModel,
+    runs: Sequence[FoldRun],
+    parts: Sequence[np.ndarray],
+    stacked: np.ndarray,
+    generators: Sequence[torch.Generator | None],
+) -> dict[str, Tensor]:
+    """The random inputs a model draws inside its forward pass (``model.stacked_draws``, e.g.
+    DTFD-MIL's pseudo-bags), drawn per fold on the fold's own bags from its generator and
+    padded to the stacked batch; {} for models without any."""
+    if not hasattr(model, "stacked_draws"):
+        return {}
+    k, b, _ = stacked.shape
+    n = int((stacked >= 0).sum(axis=2).max(initial=0))  # the stacked batch's collated width
+    per_fold: dict[str, list[Tensor]] = {}
+    empty = None
+    for part, gen in zip(parts, generators, strict=True):
+        if len(part):
+            drawn = model.stacked_draws(_own_mask(part), n, b, gen)
+        else:  # a fold with no bags in this step: any values, its loss is not counted
+            empty = empty or model.stacked_draws(torch.zeros((0, 0), dtype=torch.bool), n, b, gen)
+            drawn = empty
+        for name, value in drawn.items():
+            per_fold.setdefault(name, []).append(value)
+    return {
+        name: torch.stack(v).to(runs[0].model.feature_mean.device) for name, v in per_fold.items()
+    }
+
+
 def _validation_losses(
     runs: Sequence[FoldRun],
     source: PatientBagSource,
@@ -229,7 +282,8 @@ def _validation_losses(
                 label = torch.zeros(real.shape, dtype=torch.float32, device=source.device)
                 for k, r in enumerate(runs):
                     label[k, : len(parts[k])] = labels[r.val_w[g : g + batch_bags]]
-                _, prob = run_batch(stacked, label, {})
+                draws = model_draws(model, runs, parts, stacked, [None] * len(runs))
+                _, prob = run_batch(stacked, label, draws)
                 nll = bag_nll(prob, label)
                 for k, part in enumerate(parts):
                     losses[k].append(nll[k, : len(part)])
@@ -325,6 +379,7 @@ def fit_folds(
             for k, o in enumerate(orders):
                 label[k, : len(parts[k])] = labels[o[g : g + acc]]
             noise = draw_noise(parts, stacked.shape[1])
+            noise |= model_draws(base, runs, parts, stacked, [r.cpu_rng for r in runs])
             loss, _ = run_batch(stacked, label, noise)
             fold_loss = (loss * torch.as_tensor(real, device=device)).sum(dim=1)  # (K,)
             opt.zero_grad()

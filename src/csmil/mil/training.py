@@ -362,6 +362,7 @@ class _Fold:
     test_rng: np.random.Generator
     model: MILModel
     torch_rng: torch.Generator
+    cpu_rng: torch.Generator
 
 
 def _start_fold(
@@ -382,6 +383,7 @@ def _start_fold(
     )
     stats_on = [source.patients[w] for w in train_w] if settings.standardise else None
     model = build_model(*spec, source.patients[0].dim, stats_on, source.device)
+    torch_rng = global_generator_copy(source.device)
     return _Fold(
         fold,
         seed,
@@ -393,7 +395,8 @@ def _start_fold(
         val_rng,
         test_rng,
         model,
-        global_generator_copy(source.device),
+        torch_rng,
+        torch_rng if source.device.type == "cpu" else global_generator_copy(torch.device("cpu")),
     )
 
 
@@ -478,7 +481,8 @@ def train_folds(
             _log_fold(method, job)
         tf = time.perf_counter()
         runs = [
-            FoldRun(j.model, j.train_w, j.val_w, j.train_rng, j.val_rng, j.torch_rng) for j in jobs
+            FoldRun(j.model, j.train_w, j.val_w, j.train_rng, j.val_rng, j.torch_rng, j.cpu_rng)
+            for j in jobs
         ]
         hists = fit_folds(runs, source, settings, desc=f"{method} folds {folds[0]}-{folds[-1]}")
         share = (time.perf_counter() - tf) / len(jobs)

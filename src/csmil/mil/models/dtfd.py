@@ -52,7 +52,6 @@ class DTFD(MILModel):
     """
 
     name = "dtfd"
-    fold_batchable = False  # pseudo-bags drawn bag by bag with torch.randperm
 
     def __init__(
         self, in_dim: int, *, n_pseudo_bags: int = 4, distill: str = "afs", seed: int = 0
@@ -69,20 +68,42 @@ class DTFD(MILModel):
         self.tier1_classifier = nn.Linear(EMBED_DIM, 1)
         self.tier2_attention = GatedAttention()
         self.tier2_classifier = nn.Linear(EMBED_DIM, 1)
+        # Pseudo-bag ranks given from outside (stacked training draws them per fold beforehand,
+        # see :meth:`stacked_draws`); None: drawn in the forward pass.
+        self.register_buffer("pseudo_ranks", None, persistent=False)
 
-    def pseudo_bag_membership(self, mask: Tensor) -> Tensor:
-        """``(B, M)`` instance mask -> ``(B, G, M)`` bool membership of pseudo-bags."""
+    def _ranks(self, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, M)`` rank of each real instance in its bag's random order, -1 at padding.
+        In training the order comes from ``generator`` (default: torch's global one)."""
         b, m = mask.shape
-        g = self.n_pseudo_bags
         ranks = torch.full((b, m), -1, dtype=torch.long)
         gen = torch.Generator()
         for i in range(b):
             real = torch.nonzero(mask[i].cpu(), as_tuple=True)[0]
             if self.training:
-                perm = torch.randperm(len(real))
+                perm = torch.randperm(len(real), generator=generator)
             else:
                 perm = torch.randperm(len(real), generator=gen.manual_seed(self.seed))
             ranks[i, real[perm]] = torch.arange(len(real))
+        return ranks
+
+    def stacked_draws(
+        self, mask: Tensor, n: int, b: int, generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """The random pseudo-bag ranks one forward pass on a fold's own ``(B_k, N_k)`` mask
+        draws (from ``generator``, in the same order), padded to ``b`` bags of ``n``
+        locations: the ``pseudo_ranks`` buffer of a stacked forward pass."""
+        bk, nk = mask.shape
+        x_mask = mask[:, :, None].expand(bk, nk, len(SCALES)).reshape(bk, nk * len(SCALES))
+        ranks = self._ranks(x_mask, generator).reshape(bk, nk, len(SCALES))
+        out = torch.full((b, n, len(SCALES)), -1, dtype=torch.long)
+        out[:bk, :nk] = ranks
+        return {"pseudo_ranks": out.reshape(b, n * len(SCALES))}
+
+    def pseudo_bag_membership(self, mask: Tensor) -> Tensor:
+        """``(B, M)`` instance mask -> ``(B, G, M)`` bool membership of pseudo-bags."""
+        g = self.n_pseudo_bags
+        ranks = self.pseudo_ranks if self.pseudo_ranks is not None else self._ranks(mask)
         ranks = ranks.to(mask.device)[:, None, :]  # (B, 1, M)
         n = mask.sum(dim=1)[:, None, None]  # (B, 1, 1)
         group = torch.arange(g, device=mask.device)[None, :, None]  # (1, G, 1)
@@ -130,7 +151,8 @@ class DTFD(MILModel):
         idx = torch.stack(picks, dim=2)  # (B, G, P)
         gathered = weighted.gather(2, idx[..., None].expand(*idx.shape, h.shape[-1]))
         b, g, p = idx.shape
-        onehot = torch.zeros(b, g, p, h.shape[1], dtype=h.dtype, device=h.device)
-        onehot.scatter_(3, idx[..., None], a1.gather(2, idx)[..., None])
+        onehot = torch.zeros(b, g, p, h.shape[1], dtype=h.dtype, device=h.device).scatter(
+            3, idx[..., None], a1.gather(2, idx)[..., None]
+        )
         dmask = valid[:, :, None].expand(b, g, p).reshape(b, g * p)
         return gathered.reshape(b, g * p, -1), dmask, onehot.reshape(b, g * p, -1)
