@@ -50,6 +50,7 @@ rule train_mil:
                 "weight_decay",
                 "accumulate",
                 "n_test_bags",
+                "n_val_bags",
                 "bag_mode",
                 "standardise",
             )

@@ -3,6 +3,8 @@ gets trained alone, up to float rounding."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from test_train import make_cohort
 from csmil.io import read_tsv
 from csmil.mil.foldbatch import StackedAdam, can_batch
 from csmil.mil.models import MIL_MODELS, create_mil_model, load_mil_checkpoint
+from csmil.mil.models.layers import FoldDropout
 from csmil.mil.training import TrainSettings, train_fold, train_folds
 
 DIM = 16
@@ -32,6 +35,7 @@ METHODS = {
     "hagmil": {},
     "dtfd": {},
     "dtfd_maxmins": {"model": "dtfd", "distill": "maxmins"},
+    "hipt": {},
 }
 
 
@@ -120,12 +124,20 @@ def test_stacked_folds_equal_folds_trained_one_by_one(tmp_path, method):
         )
 
 
-def test_every_model_says_whether_it_can_be_stacked():
-    batchable = {name for name, cls in MIL_MODELS.items() if can_batch(create_mil_model(name, DIM))}
-    assert batchable == set(MIL_MODELS) - {"hipt"}
+def test_every_model_can_be_stacked_and_a_stray_dropout_prevents_it():
+    assert all(can_batch(create_mil_model(name, DIM)) for name in MIL_MODELS)
+    model = create_mil_model("csmil", DIM)
+    model.extra = torch.nn.Dropout(0.1)  # torch's dropout draws its own noise
+    assert not can_batch(model)
+    hipt = create_mil_model("hipt", DIM)
+    hipt.extra = FoldDropout(0.1)  # noise of two kinds of draws: their order is not tracked
+    assert not can_batch(hipt)
 
 
-def test_models_that_cannot_be_stacked_train_fold_by_fold_with_the_same_numbers(tmp_path):
+def test_models_that_cannot_be_stacked_train_fold_by_fold_with_the_same_numbers(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(MIL_MODELS["hipt"], "fold_batchable", False)
     patients, splits = make_cohort(n_patients=38, n_folds=4)
     settings = TrainSettings(epochs=2, accumulate=3, n_test_bags=3, bag_mode="naive")
     train_folds(
@@ -177,3 +189,42 @@ def test_stacked_adam_is_torch_adam_per_fold_and_skips_inactive_folds():
                 p.grad = g[f].clone()
                 ref.step()
         assert torch.equal(stacked[f].detach(), p.detach()), f"fold {f}"
+
+
+def test_several_validation_bags_per_patient_stacked_equal_one_by_one(tmp_path):
+    """``n_val_bags`` draws that many bags per validation patient each epoch, in both paths."""
+    patients, splits = make_cohort(n_patients=38, n_folds=4)
+    options = METHODS["csmil"]
+    settings = replace(SETTINGS, n_val_bags=3)
+    train_folds(
+        patients,
+        splits,
+        FOLDS[:2],
+        "csmil",
+        options,
+        settings=settings,
+        out_dirs=[tmp_path / "stacked" / f"fold{f}" for f in FOLDS[:2]],
+        seeds=SEEDS[:2],
+        num_threads=1,
+    )
+    for fold, seed in zip(FOLDS[:2], SEEDS[:2], strict=True):
+        for n_val, folder in ((3, "alone"), (1, "one_bag")):
+            train_fold(
+                patients,
+                splits,
+                fold,
+                "csmil",
+                options,
+                settings=replace(settings, n_val_bags=n_val),
+                out_dir=tmp_path / folder / f"fold{fold}",
+                seed=seed,
+                num_threads=1,
+            )
+        stacked = _outputs(tmp_path / "stacked" / f"fold{fold}")
+        _assert_same(stacked, _outputs(tmp_path / "alone" / f"fold{fold}"), f"fold {fold}")
+        one_bag = _outputs(tmp_path / "one_bag" / f"fold{fold}")["history"]
+        # the training is the same; only the validation loss (more bags) differs
+        np.testing.assert_allclose(
+            stacked["history"]["train_loss"], one_bag["train_loss"], rtol=1e-5
+        )
+        assert not np.allclose(stacked["history"]["val_loss"], one_bag["val_loss"])

@@ -367,6 +367,30 @@ def test_dtfd_pseudo_bags_partition_and_eval_is_deterministic():
     assert not torch.equal(first, model.pseudo_bag_membership(mask)), "and re-drawn per call"
 
 
+def test_hipt_transformer_layers_are_torchs_with_its_parameters():
+    """HIPT's own layers (whose dropout can be drawn per fold) compute what torch's
+    TransformerEncoder computes with the same weights, padding mask included."""
+    from csmil.mil.models.hipt import TransformerStack
+
+    torch.manual_seed(3)
+    ours = TransformerStack(2, 64, 4, dropout=0.25).eval()
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 64, 0.25, batch_first=True)
+    theirs = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, 64)
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[0, 4:] = True
+    padding[2, 1:] = True
+    with torch.no_grad():
+        # torch's fast path returns zeros at padded positions; compare the real ones
+        keep = ~padding
+        torch.testing.assert_close(
+            ours(x, padding)[keep], theirs(x, src_key_padding_mask=padding)[keep]
+        )
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
 def test_hagmil_without_zoom_is_three_deepattnmisl_nets_averaged():
     hag = build("hagmil", {"zoom_fraction": 1.0}).eval()
     batch = make_batch(torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]), seed=16)

@@ -292,6 +292,8 @@ def test_standardise_stores_the_training_patients_statistics(tmp_path):
 def test_settings_refuse_bad_values_and_a_variant_bag_mode_overrides_them(tmp_path):
     with pytest.raises(ValueError, match="accumulate, epochs and n_test_bags must be >= 1"):
         TrainSettings(epochs=0)
+    with pytest.raises(ValueError, match="n_val_bags must be >= 1"):
+        TrainSettings(n_val_bags=0)
     with pytest.raises(ValueError, match="bag_mode must be one of"):
         TrainSettings(bag_mode="random")
     patients, splits = make_cohort(n_patients=12)

@@ -196,6 +196,12 @@ def load_patients(
     return out
 
 
+def validation_positions(val_w: np.ndarray, n_val_bags: int) -> np.ndarray:
+    """The patient positions of one epoch's validation bags: ``val_w`` repeated ``n_val_bags``
+    times, one bag per entry (``n_val_bags=1``: one bag per patient, as the authors' code)."""
+    return np.tile(np.asarray(val_w), int(n_val_bags))
+
+
 def draw_k(rng: np.random.Generator, size: int) -> np.ndarray:
     """Patches per cluster for ``size`` bags: ``max(1, int(N(3, 1)))``, (size,) int64."""
     return np.maximum(1, np.trunc(rng.normal(3.0, 1.0, size=size))).astype(np.int64)

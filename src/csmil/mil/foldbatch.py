@@ -28,10 +28,11 @@ the peak of the K folds trained together.
 Models qualify when their class says :attr:`~csmil.mil.models.MILModel.fold_batchable` and
 every dropout they hold is a :class:`~csmil.mil.models.layers.FoldDropout` on bag vectors
 (:func:`can_batch`); :func:`csmil.mil.training.train_folds` trains the others fold by fold.
-A model that draws random numbers of its own in its forward pass (DTFD-MIL's pseudo-bags)
-qualifies by drawing them outside: ``stacked_draws(mask, n, b, generator)`` returns them for
-one fold's own ``(B_k, N_k)`` mask, padded to the stacked batch, as buffers it then reads
-(:func:`model_draws`).
+A model that draws random numbers of its own in its forward pass (DTFD-MIL's pseudo-bags,
+HIPT's dropout inside its transformer layers) qualifies by drawing them outside:
+``stacked_draws(mask, n, b, generator)`` returns them for one fold's own ``(B_k, N_k)`` mask,
+padded to the stacked batch, as buffers it then reads (:func:`model_draws`); such a model's
+dropouts are all :class:`~csmil.mil.models.layers.NoiseDropout` it draws itself.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from csmil import SCALES
-from csmil.mil.bags import PatientBagSource
+from csmil.mil.bags import PatientBagSource, validation_positions
 from csmil.mil.loss import bag_nll, model_loss
 from csmil.mil.models import MILBatch, MILModel
-from csmil.mil.models.layers import FoldDropout
+from csmil.mil.models.layers import FoldDropout, NoiseDropout, draw_noise
 from csmil.mil.results import HISTORY_COLUMNS, MEMORY_COLUMNS
 from csmil.runtime import TrainingMemory, progress
 
@@ -98,11 +99,9 @@ def can_batch(model: nn.Module) -> bool:
     if not getattr(type(model), "fold_batchable", False):
         return False
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
-    if dropouts and hasattr(model, "stacked_draws"):
-        return False  # the order of two kinds of draws is not tracked
-    return all(
-        isinstance(m, FoldDropout) or m.p == 0 for m in model.modules() if isinstance(m, nn.Dropout)
-    )
+    if hasattr(model, "stacked_draws"):  # the model draws all of its dropout noise itself
+        return all(isinstance(m, NoiseDropout) and not isinstance(m, FoldDropout) for m in dropouts)
+    return all(isinstance(m, FoldDropout) for m in dropouts)
 
 
 def global_generator_copy(device: torch.device) -> torch.Generator:
@@ -266,22 +265,27 @@ def _validation_losses(
     run_batch,
     labels: Tensor,
     batch_bags: int,
+    n_val_bags: int = 1,
 ) -> list[float]:
-    """Each fold's mean NLL over one bag per validation patient (eval mode, no gradient; NaN
-    for a fold without validation patients), as :func:`csmil.mil.training.fit` computes it."""
+    """Each fold's mean NLL over ``n_val_bags`` bags per validation patient (eval mode, no
+    gradient; NaN for a fold without validation patients), as :func:`csmil.mil.training.fit`
+    computes it."""
     model = runs[0].model
-    index = [source.sample(r.val_w, r.val_rng) if len(r.val_w) else None for r in runs]
+    val_ws = [validation_positions(r.val_w, n_val_bags) for r in runs]
+    index = [
+        source.sample(w, r.val_rng) if len(w) else None for w, r in zip(val_ws, runs, strict=True)
+    ]
     empty = np.zeros((0, 1), dtype=np.int64)
     losses: list[list[Tensor]] = [[] for _ in runs]
     model.eval()
     try:
         with torch.no_grad():
-            for g in range(0, max(len(r.val_w) for r in runs), batch_bags):
+            for g in range(0, max(len(w) for w in val_ws), batch_bags):
                 parts = [ix[g : g + batch_bags] if ix is not None else empty for ix in index]
                 stacked, real = _stack_index(parts)
                 label = torch.zeros(real.shape, dtype=torch.float32, device=source.device)
-                for k, r in enumerate(runs):
-                    label[k, : len(parts[k])] = labels[r.val_w[g : g + batch_bags]]
+                for k, w in enumerate(val_ws):
+                    label[k, : len(parts[k])] = labels[w[g : g + batch_bags]]
                 draws = model_draws(model, runs, parts, stacked, [None] * len(runs))
                 _, prob = run_batch(stacked, label, draws)
                 nll = bag_nll(prob, label)
@@ -326,6 +330,10 @@ def fit_folds(
         weight_decay=settings.weight_decay,
     )
     dropouts = _dropout_order(base, source)
+    # a model's own draws (stacked_draws) come from the fold's generator of the device when
+    # they stand for dropout noise (HIPT), else from its CPU generator (DTFD-MIL's pseudo-bags)
+    on_device = getattr(base, "stacked_draws_generator", "cpu") == "device"
+    draw_generators = [r.torch_rng if on_device else r.cpu_rng for r in runs]
     labels = torch.as_tensor(source.labels, dtype=torch.float32, device=device)
 
     def per_fold(params, buffers, noise, features, clusters, mask, label):
@@ -352,13 +360,12 @@ def fit_folds(
             label,
         )
 
-    def draw_noise(parts: Sequence[np.ndarray], b: int) -> dict[str, Tensor]:
+    def fold_noise(parts: Sequence[np.ndarray], b: int) -> dict[str, Tensor]:
         # per fold, in the order the fold trained alone draws it: module by module, (B_k, F)
         noise: dict[str, list[Tensor]] = {f"{name}.noise": [] for name, _, _ in dropouts}
         for run, part in zip(runs, parts, strict=True):
             for name, module, width in dropouts:
-                z = torch.empty((len(part), width), device=device)
-                z = z.bernoulli_(1 - module.p, generator=run.torch_rng).div_(1 - module.p)
+                z = draw_noise((len(part), width), module.p, device, run.torch_rng)
                 noise[f"{name}.noise"].append(nn.functional.pad(z, (0, 0, 0, b - len(part))))
         return {name: torch.stack(z) for name, z in noise.items()}
 
@@ -378,8 +385,8 @@ def fit_folds(
             label = torch.zeros(real.shape, dtype=torch.float32, device=device)
             for k, o in enumerate(orders):
                 label[k, : len(parts[k])] = labels[o[g : g + acc]]
-            noise = draw_noise(parts, stacked.shape[1])
-            noise |= model_draws(base, runs, parts, stacked, [r.cpu_rng for r in runs])
+            noise = fold_noise(parts, stacked.shape[1])
+            noise |= model_draws(base, runs, parts, stacked, draw_generators)
             loss, _ = run_batch(stacked, label, noise)
             fold_loss = (loss * torch.as_tensor(real, device=device)).sum(dim=1)  # (K,)
             opt.zero_grad()
@@ -387,7 +394,9 @@ def fit_folds(
             opt.step(real.any(axis=1))
             totals += fold_loss.detach().double()
         train_loss = (totals.cpu().numpy() / [len(o) for o in orders]).tolist()
-        val_loss = _validation_losses(runs, source, run_batch, labels, settings.eval_batch_bags)
+        val_loss = _validation_losses(
+            runs, source, run_batch, labels, settings.eval_batch_bags, settings.n_val_bags
+        )
         seconds = (time.perf_counter() - te) / n_folds
         peak = memory.peak_mb() / n_folds
         for k, run in enumerate(runs):

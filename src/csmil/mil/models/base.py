@@ -142,8 +142,9 @@ class MILModel(nn.Module):
     scales: ClassVar[tuple[str, ...]] = SCALES
     #: Whether the folds of a method can be trained together as one stacked model
     #: (:mod:`csmil.mil.foldbatch`): a forward pass of tensor operations only (no Python loop
-    #: over bags, no data-dependent shapes) whose only randomness is
-    #: :class:`csmil.mil.models.layers.FoldDropout` on bag vectors. Others train fold by fold.
+    #: over bags, no data-dependent shapes) whose randomness is either
+    #: :class:`csmil.mil.models.layers.FoldDropout` on bag vectors or drawn by the model's own
+    #: ``stacked_draws`` (see :func:`csmil.mil.foldbatch.can_batch`). Others train fold by fold.
     fold_batchable: ClassVar[bool] = True
 
     def __init__(self, in_dim: int, options: dict[str, Any]) -> None:

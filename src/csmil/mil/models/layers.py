@@ -45,14 +45,16 @@ class GatedAttention(nn.Module):
         return self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
 
 
-class FoldDropout(nn.Dropout):
-    """Dropout on ``(B, F)`` bag vectors whose noise can be given instead of drawn.
+class NoiseDropout(nn.Dropout):
+    """Dropout whose noise can be given instead of drawn.
 
     Alone it is :class:`torch.nn.Dropout` as torch computes it on a CPU (Bernoulli noise from
-    torch's global generator, scaled, multiplied), on every device. When the folds
-    of a method are trained together (:mod:`csmil.mil.foldbatch`), each fold's noise is drawn
-    beforehand from that fold's own generator, exactly as the fold trained alone would draw it,
-    and passed in as the buffer ``noise`` (``(B, F)``, already scaled by ``1 / (1 - p)``).
+    torch's global generator, scaled, multiplied), on every device. Given the buffer ``noise``
+    (the input's shape, already scaled by ``1 / (1 - p)``) it multiplies by that instead: when
+    the folds of a method are trained together (:mod:`csmil.mil.foldbatch`), each fold's noise
+    is drawn beforehand from that fold's own generator, exactly as the fold trained alone draws
+    it. A model holding these on instance-level tensors draws their noise itself
+    (``stacked_draws``, as :class:`csmil.mil.models.hipt.HIPT`).
     """
 
     def __init__(self, p: float = 0.5) -> None:
@@ -64,8 +66,26 @@ class FoldDropout(nn.Dropout):
             return super().forward(x)
         noise = self.noise
         if noise is None:  # the arithmetic of torch's CPU dropout, on every device
-            noise = torch.empty_like(x).bernoulli_(1 - self.p).div_(1 - self.p)
+            noise = draw_noise(x.shape, self.p, x.device, dtype=x.dtype)
         return x * noise
+
+
+def draw_noise(
+    shape: tuple[int, ...],
+    p: float,
+    device: torch.device | str,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Dropout noise of ``shape``: Bernoulli(1 - p) scaled by ``1 / (1 - p)``, from
+    ``generator`` (default: torch's global one for ``device``)."""
+    z = torch.empty(shape, device=device, dtype=dtype)
+    return z.bernoulli_(1 - p, generator=generator).div_(1 - p)
+
+
+class FoldDropout(NoiseDropout):
+    """:class:`NoiseDropout` on ``(B, F)`` bag vectors, whose noise the stacked training draws
+    for every fold (module by module, in the order of the forward pass)."""
 
 
 class ClassifierHead(nn.Module):
