@@ -38,7 +38,8 @@ METHODS = {
     "deepattnmisl_multi": {},
     "dsmil": {},
     "hagmil": {},
-    "dtfd": {},  # not stackable: fold by fold either way
+    "dtfd": {},
+    "hipt": {},
 }
 
 

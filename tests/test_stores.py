@@ -70,6 +70,25 @@ def test_jpeg_codec_round_trip_keeps_thin_coloured_lines(tmp_path, px):
         PatchStoreWriter(tmp_path / "x.h5", patch_px=8, quality=0)
 
 
+@pytest.mark.parametrize("codec", ["jpeg", "png"])
+def test_patches_decode_into_the_batch_array_and_a_wrong_size_is_named(codec):
+    from io import BytesIO
+
+    from PIL import Image
+
+    from csmil.slides.codec import decode_into, encode_patch
+
+    rng = np.random.default_rng(2)
+    patch = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    blob = np.frombuffer(encode_patch(patch, codec, 90), np.uint8)
+    batch = np.zeros((3, 24, 24, 3), np.uint8)
+    decode_into(blob, codec, batch[1])
+    np.testing.assert_array_equal(batch[1], np.asarray(Image.open(BytesIO(blob.tobytes()))))
+    assert not batch[0].any() and not batch[2].any()
+    with pytest.raises(ValueError, match=r"decoded patch has shape \(24, 24, 3\), the store says"):
+        decode_into(blob, codec, np.zeros((16, 16, 3), np.uint8))
+
+
 def test_format_1_store_is_refused_with_retile_message(tmp_path):
     import h5py
 
