@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The encoders' data path on a CUDA machine, in about 5 minutes. Run from the repository root:
+# The data path and MIL training on a CUDA machine, in about 6 minutes. Run from the
+# repository root:
 #
 #   bash benchmarks/gpu_check.sh            # results also in $OUT (default ./gpu_check_out)
 #
 # Needs python with torch, torchvision, h5py, numpy, pandas, scikit-learn, pillow (no
 # OpenSlide, Snakemake or tqdm). Each step has its own time limit; a failed step does not stop
 # the others. Steps: the loader by threads (CPU decode and nvJPEG), embedding and SimSiam at
-# 256 px with ResNet-50 (pipeline vs the model alone, bf16 + channels-last), CUDA checks, and
-# the unit tests with CUDA branches when pytest is there.
+# 256 px with ResNet-50 (pipeline vs the model alone, bf16 + channels-last), MIL training
+# fold by fold vs the folds stacked (CPU and CUDA), CUDA checks, and the unit tests with CUDA
+# branches when pytest is there.
 set -u
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}src"
 export PYTHONUNBUFFERED=1 CSMIL_NO_PROGRESS=1
@@ -45,6 +47,8 @@ step loader 80 "$PY" benchmarks/bench_loader.py --patch-px "$PX" --n-patches $((
 step encoders 160 "$PY" benchmarks/bench_encoder.py --patch-px "$PX" --backbone "$BACKBONE" \
   --n-patches "$N" --batch-size 128 --embed-batch-size 128 --epochs 3 \
   --threads "$CORES" --decode $DECODES
+step mil 90 "$PY" benchmarks/bench_mil.py --epochs 3 \
+  --methods deepattnmisl_20x csmil dtfd hipt --devices cpu cuda
 step cuda_checks 45 "$PY" benchmarks/cuda_checks.py
 if "$PY" -c "import pytest" 2>/dev/null; then
   step unit_tests 70 "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
