@@ -26,13 +26,14 @@ A fold's ``seconds`` and training memory in its history are its share (1/K) of t
 the peak of the K folds trained together.
 
 Models qualify when their class says :attr:`~csmil.mil.models.MILModel.fold_batchable` and
-every dropout they hold is a :class:`~csmil.mil.models.layers.FoldDropout` on bag vectors
-(:func:`can_batch`); :func:`csmil.mil.training.train_folds` trains the others fold by fold.
-A model that draws random numbers of its own in its forward pass (DTFD-MIL's pseudo-bags,
-HIPT's dropout inside its transformer layers) qualifies by drawing them outside:
-``stacked_draws(mask, n, b, generator)`` returns them for one fold's own ``(B_k, N_k)`` mask,
-padded to the stacked batch, as buffers it then reads (:func:`model_draws`); such a model's
-dropouts are all :class:`~csmil.mil.models.layers.NoiseDropout` it draws itself.
+their dropouts are either all :class:`~csmil.mil.models.layers.FoldDropout` on bag vectors or
+all drawn by the model itself (:func:`can_batch`); :func:`csmil.mil.training.train_folds`
+trains the others fold by fold. A model that draws random numbers of its own in its forward
+pass (DTFD-MIL's pseudo-bags, HIPT's dropout inside its transformer layers) qualifies by
+drawing them outside: ``stacked_draws(mask, n, b, generator)`` returns them for one fold's
+own ``(B_k, N_k)`` mask, padded to the stacked batch, as buffers it then reads
+(:func:`model_draws`); such a model's dropouts are all
+:class:`~csmil.mil.models.layers.NoiseDropout` it draws itself.
 """
 
 from __future__ import annotations

@@ -167,6 +167,14 @@ class HIPT(MILModel):
         local = self.local(tokens.reshape(b * n, len(SCALES), EMBED_DIM)).mean(dim=1)
         return local.reshape(b, n, EMBED_DIM).masked_fill(~batch.mask[..., None], 0.0)
 
+    def _noise_names(self) -> dict[NoiseDropout, str]:
+        """Each dropout module's name (looked up once; stacked_draws runs every step)."""
+        if "_names_of_noise" not in self.__dict__:
+            self.__dict__["_names_of_noise"] = {
+                m: name for name, m in self.named_modules() if isinstance(m, NoiseDropout)
+            }
+        return self.__dict__["_names_of_noise"]
+
     def stacked_draws(
         self, mask: Tensor, n: int, b: int, generator: torch.Generator | None
     ) -> dict[str, Tensor]:
@@ -178,33 +186,27 @@ class HIPT(MILModel):
         bk, nk = mask.shape
         s, dim = len(SCALES), EMBED_DIM
         device = generator.device if generator is not None else torch.device("cpu")
-        names = {m: name for name, m in self.named_modules() if isinstance(m, NoiseDropout)}
+        names = self._noise_names()
         out: dict[str, Tensor] = {}
 
-        def put(module: NoiseDropout, own: tuple[int, ...], full: tuple[int, ...], region):
+        def put(module: NoiseDropout, own, full, region, flat: bool = False) -> None:
             padded = torch.ones(full, device=device)
             z = draw_noise(own, module.p, device, generator)
             padded[region] = z.reshape(padded[region].shape)
-            out[f"{names[module]}.noise"] = padded
+            out[f"{names[module]}.noise"] = padded.flatten(0, 1) if flat else padded
 
         bags_locations = (slice(bk), slice(nk))
         put(self.phi[2], (bk, nk, s, dim), (b, n, s, dim), bags_locations)
-        for layer in self.local.layers:  # tensors of (B * N) locations: drawn as such, padded
-            for module, own in zip(
-                layer.noises(), layer.noise_shapes(bk * nk, s, dim), strict=True
-            ):
-                put(module, own, (b, n, *own[1:]), bags_locations)
-                out[f"{names[module]}.noise"] = out[f"{names[module]}.noise"].flatten(0, 1)
-        for layer in self.globe.layers:  # tensors of B bags of N locations
+        for layer in self.local.layers:  # over (B * N) locations: padded as (B, N, ...)
+            owns = layer.noise_shapes(bk * nk, s, dim)
+            for module, own in zip(layer.noises(), owns, strict=True):
+                put(module, own, (b, n, *own[1:]), bags_locations, flat=True)
+        for layer in self.globe.layers:  # over B bags of N locations
             fulls = layer.noise_shapes(b, n, dim)
             owns = layer.noise_shapes(bk, nk, dim)
             for module, own, full in zip(layer.noises(), owns, fulls, strict=True):
                 # attention weights (B, H, N, N): pad bags, queries and keys
-                region = (
-                    (slice(bk), slice(None), slice(nk), slice(nk))
-                    if len(own) == 4
-                    else bags_locations
-                )
-                put(module, own, full, region)
+                attention = (slice(bk), slice(None), slice(nk), slice(nk))
+                put(module, own, full, attention if len(own) == 4 else bags_locations)
         put(self.rho[2], (bk, dim), (b, dim), (slice(bk),))
         return out
